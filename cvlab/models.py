@@ -1,0 +1,190 @@
+"""Models for the lessons, from a linear baseline to a compact modern CNN.
+
+All take images as float32 (B, C, H, W) and return logits, float32 (B, num_classes): raw scores
+before softmax. None ends in an activation: ``nn.CrossEntropyLoss`` applies log-softmax itself,
+and a ReLU on the logits would clip every negative score to 0 and hurt accuracy.
+
+* ``LinearModel`` ("model_0"): Flatten + one Linear layer, multinomial logistic regression.
+* ``MLP`` ("model_1"): Flatten + Linear + ReLU + Linear, one hidden layer.
+* ``TinyVGG``: the CNN Explainer architecture (Wang et al., 2020, arXiv:2004.15004), two
+  VGG-style blocks (Simonyan and Zisserman, 2014, arXiv:1409.1556) of conv-ReLU-conv-ReLU-maxpool.
+* ``CompactCNN``: three conv-BatchNorm-ReLU-maxpool blocks (BatchNorm: Ioffe and Szegedy, 2015,
+  arXiv:1502.03167) of widths 16-32-64; ~92 % on Fashion-MNIST in 3 CPU epochs.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from .utils import CheckpointError, load_checkpoint
+
+__all__ = ["CompactCNN", "LinearModel", "MLP", "TinyVGG", "build_model", "count_parameters",
+           "load_model", "MODELS"]
+
+
+class LinearModel(nn.Module):
+    """model_0: Flatten + Linear. The baseline every other model must beat.
+
+    Args:
+        in_features: pixels per image, C*H*W (784 for 1x28x28).
+        num_classes: number of output logits.
+
+    Shapes: (B, C, H, W) float32 -> logits (B, num_classes) float32.
+    """
+
+    def __init__(self, in_features: int = 784, num_classes: int = 10):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.linear = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.flatten(x))
+
+
+class MLP(nn.Module):
+    """model_1: Flatten + Linear + ReLU + Linear (the non-linearity between layers, not after).
+
+    Args:
+        in_features: pixels per image, C*H*W (784 for 1x28x28).
+        hidden_units: width of the hidden layer.
+        num_classes: number of output logits.
+
+    Shapes: (B, C, H, W) float32 -> logits (B, num_classes) float32.
+    """
+
+    def __init__(self, in_features: int = 784, hidden_units: int = 128, num_classes: int = 10):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_features, hidden_units),
+            nn.ReLU(),
+            nn.Linear(hidden_units, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class TinyVGG(nn.Module):
+    """TinyVGG from CNN Explainer: 2 x (conv3x3-ReLU-conv3x3-ReLU-maxpool2) + Linear.
+
+    Args:
+        in_channels: 1 for grayscale, 3 for RGB.
+        hidden_units: channels of every conv layer.
+        num_classes: number of output logits.
+        image_size: height = width of the input in pixels (each block halves it).
+
+    Shapes: (B, in_channels, image_size, image_size) float32 -> logits (B, num_classes).
+    """
+
+    def __init__(self, in_channels: int = 1, hidden_units: int = 10, num_classes: int = 10,
+                 image_size: int = 28):
+        super().__init__()
+
+        def block(c_in: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c_in, hidden_units, kernel_size=3, padding=1), nn.ReLU(),
+                nn.Conv2d(hidden_units, hidden_units, kernel_size=3, padding=1), nn.ReLU(),
+                nn.MaxPool2d(2),
+            )
+
+        self.block_1 = block(in_channels)
+        self.block_2 = block(hidden_units)
+        side = image_size // 2 // 2
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(hidden_units * side * side, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.block_2(self.block_1(x)))
+
+
+class CompactCNN(nn.Module):
+    """A compact modern CNN: blocks of conv3x3-BatchNorm-ReLU-maxpool2, then one Linear layer.
+
+    Args:
+        in_channels: 1 for grayscale, 3 for RGB.
+        num_classes: number of output logits.
+        widths: output channels of each block; each block halves height and width.
+        image_size: height = width of the input in pixels (28 for Fashion-MNIST).
+        dropout: dropout probability before the Linear layer (0 disables it).
+
+    Shapes: (B, in_channels, image_size, image_size) float32 -> logits (B, num_classes).
+    With the defaults: 29,178 parameters, ~91-92 % Fashion-MNIST test accuracy after 3 epochs
+    of AdamW with a one-cycle schedule (Smith and Topin, 2017, arXiv:1708.07120).
+
+    Raises:
+        ValueError: ``image_size`` too small for that many blocks.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10,
+                 widths: tuple[int, ...] | list[int] = (16, 32, 64), image_size: int = 28,
+                 dropout: float = 0.0):
+        super().__init__()
+        side = image_size // 2 ** len(widths)
+        if side < 1:
+            raise ValueError(f"image_size={image_size} is too small for {len(widths)} blocks that "
+                             f"each halve it; use at least {2 ** len(widths)} pixels or fewer widths")
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for c_out in widths:
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in * side * side, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+#: architecture name (as stored in checkpoints) -> class
+MODELS: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in (LinearModel, MLP, TinyVGG, CompactCNN)}
+
+
+def build_model(arch: str, **kwargs: Any) -> nn.Module:
+    """Build a model by architecture name ("LinearModel", "MLP", "TinyVGG", "CompactCNN").
+
+    Args:
+        arch: the class name; "model_0" and "model_1" are accepted for the first two.
+        **kwargs: constructor arguments (e.g. ``num_classes=10``).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    arch = {"model_0": "LinearModel", "model_1": "MLP"}.get(arch, arch)
+    if arch not in MODELS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(MODELS)}")
+    if "widths" in kwargs:
+        kwargs["widths"] = tuple(kwargs["widths"])
+    return MODELS[arch](**kwargs)
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint holds and load its weights.
+
+    Args:
+        path: a checkpoint written by ``cvlab.utils.save_checkpoint`` for a model in ``MODELS``.
+        map_location: where the tensors go.
+
+    Returns:
+        ``(model, checkpoint)``: the model in eval mode, and the checkpoint dict (class names,
+        metrics, ...).
+
+    Raises:
+        CheckpointError: missing or corrupt file, or an architecture cvlab does not know.
+    """
+    ckpt = load_checkpoint(path, map_location=map_location)
+    if ckpt["arch"] not in MODELS:
+        raise CheckpointError(f"{path} holds a {ckpt['arch']!r} model, which cvlab.models does not "
+                              f"build ({sorted(MODELS)}); build it yourself and call "
+                              "cvlab.utils.load_checkpoint(path, model)")
+    model = build_model(ckpt["arch"], **ckpt.get("model_kwargs", {}))
+    load_checkpoint(path, model, map_location=map_location)
+    return model.eval(), ckpt
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (scalars) in a model; only those with ``requires_grad`` if asked."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,246 @@
+"""Plots for the lessons. Every function returns its matplotlib ``Figure`` and never calls
+``plt.show()``: a notebook displays the returned figure, a script can ``fig.savefig(...)``.
+
+Images may be given as a tensor or array shaped (N, C, H, W) (C = 1 or 3), (N, H, W), or a single
+(C, H, W) / (H, W) image; uint8 in [0, 255] or float in [0, 1] (``normalize=True`` rescales
+anything else, such as feature maps, to [0, 1] per image).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+__all__ = ["images_to_numpy", "plot_confusion_matrix", "plot_history", "plot_model_comparison",
+           "plot_predictions", "show_images"]
+
+
+def images_to_numpy(images, normalize: bool = False) -> np.ndarray:
+    """Check and convert a batch of images for plotting.
+
+    Args:
+        images: see the module docstring.
+        normalize: rescale each image to [0, 1] by its own min and max.
+
+    Returns:
+        float array (N, H, W, C) in [0, 1], C = 1 or 3.
+
+    Raises:
+        TypeError: not a tensor or array, or a dtype that is neither uint8 nor floating point.
+        ValueError: a shape that is not an image batch, a channel count other than 1 or 3,
+            or float values outside [0, 1] without ``normalize=True``.
+    """
+    if isinstance(images, torch.Tensor):
+        arr = images.detach().cpu().numpy()
+    elif isinstance(images, np.ndarray):
+        arr = images
+    else:
+        raise TypeError(f"expected images as a torch.Tensor or numpy array, got {type(images).__name__}")
+    shape = arr.shape
+    if arr.ndim == 2:
+        arr = arr[None, None]
+    elif arr.ndim == 3:
+        # one (C, H, W) image with C in {1, 3}, else a batch (N, H, W) of grayscale images
+        arr = arr[None] if shape[0] in (1, 3) else arr[:, None]
+    elif arr.ndim != 4:
+        raise ValueError(f"expected images shaped (N, C, H, W), (N, H, W), (C, H, W) or (H, W), got {shape}")
+    if arr.shape[1] not in (1, 3):
+        hint = " (that looks like HWC: use img.permute(2, 0, 1) for a tensor)" if arr.shape[-1] in (1, 3) else ""
+        raise ValueError(f"expected 1 or 3 channels in axis 1 of (N, C, H, W), got shape {shape}{hint}")
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32)
+        if normalize:
+            lo = arr.min(axis=(1, 2, 3), keepdims=True)
+            hi = arr.max(axis=(1, 2, 3), keepdims=True)
+            arr = (arr - lo) / np.maximum(hi - lo, 1e-12)
+        elif arr.size and (np.nanmin(arr) < -1e-6 or np.nanmax(arr) > 1 + 1e-6):
+            raise ValueError(f"float images must be in [0, 1], got values in [{np.nanmin(arr):.3g}, "
+                             f"{np.nanmax(arr):.3g}]; undo the normalisation first or pass normalize=True")
+    else:
+        raise TypeError(f"expected uint8 or floating-point images, got dtype {arr.dtype}")
+    return np.transpose(arr, (0, 2, 3, 1))
+
+
+def _grid(n: int, ncols: int, size: float) -> tuple[Figure, np.ndarray]:
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
+def show_images(images, labels: Sequence[int] | torch.Tensor | None = None,
+                class_names: Sequence[str] | None = None, *, titles: Sequence[str] | None = None,
+                ncols: int = 8, title: str | None = None, normalize: bool = False,
+                cmap: str = "gray", size: float = 1.5) -> Figure:
+    """A grid of images, each titled with its label (class name if given) or a title of its own.
+
+    Args:
+        images: see the module docstring.
+        labels: one class index per image.
+        class_names: names for the class indices.
+        titles: one title per image (wins over labels).
+        ncols: images per row.
+        title: the figure's title.
+        normalize: rescale each image to [0, 1] (for feature maps and other unbounded values).
+        cmap: colour map for single-channel images.
+        size: inches per image.
+
+    Raises:
+        as ``images_to_numpy``; ValueError if labels or titles do not match the images in number.
+    """
+    arr = images_to_numpy(images, normalize=normalize)
+    n = len(arr)
+    for name, seq in (("labels", labels), ("titles", titles)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{n} images but {len(seq)} {name}: give one per image")
+    fig, axes = _grid(n, ncols, size)
+    for i, ax in enumerate(axes.flat[:n]):
+        img = arr[i]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap=cmap, vmin=0, vmax=1)
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=8)
+        elif labels is not None:
+            lab = int(labels[i])
+            ax.set_title(class_names[lab] if class_names is not None else str(lab), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history, title: str = "Training curves") -> Figure:
+    """Loss and accuracy (%) per epoch, for training and (if measured) validation.
+
+    Args:
+        history: a ``cvlab.training.History`` (or a list of per-epoch dicts with ``epoch``,
+            ``train_loss``, ``train_acc`` and optionally ``val_loss``, ``val_acc``).
+    """
+    records = getattr(history, "records", history)
+    if not records:
+        raise ValueError("the history is empty: train for at least one epoch first")
+    epochs = [r["epoch"] for r in records]
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for split, style in (("train", "-o"), ("val", "--o")):
+        if f"{split}_loss" in records[0]:
+            ax_l.plot(epochs, [r[f"{split}_loss"] for r in records], style, label=split)
+            ax_a.plot(epochs, [r[f"{split}_acc"] for r in records], style, label=split)
+    ax_l.set(title="Loss", xlabel="epoch", ylabel="cross-entropy loss (nats)")
+    ax_a.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (ax_l, ax_a):
+        ax.legend()
+        ax.grid(alpha=0.3)
+        ax.set_xticks(epochs)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], *, normalize: bool = False,
+                          title: str = "Confusion matrix") -> Figure:
+    """A confusion matrix as a heat map with counts (or row percentages) in the cells.
+
+    Args:
+        cm: (K, K) counts, rows true class, columns predicted (``cvlab.metrics.confusion_matrix``).
+        class_names: K names.
+        normalize: show each row as % of that class's samples (recall on the diagonal).
+
+    Raises:
+        ValueError: ``cm`` not square or not matching ``class_names``.
+    """
+    cm = np.asarray(cm)
+    k = len(class_names)
+    if cm.shape != (k, k):
+        raise ValueError(f"cm must be ({k}, {k}) for {k} class names, got shape {cm.shape}")
+    shown = 100 * cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
+    fig, ax = plt.subplots(figsize=(0.6 * k + 2.5, 0.6 * k + 2))
+    im = ax.imshow(shown, cmap="Blues")
+    fig.colorbar(im, ax=ax, label="% of true class" if normalize else "number of images")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    thresh = shown.max() / 2 if shown.size else 0
+    for i in range(k):
+        for j in range(k):
+            txt = f"{shown[i, j]:.0f}" if not normalize else f"{shown[i, j]:.1f}"
+            ax.text(j, i, txt, ha="center", va="center", fontsize=7,
+                    color="white" if shown[i, j] > thresh else "black")
+    fig.tight_layout()
+    return fig
+
+
+def plot_predictions(images, y_true, probs: torch.Tensor, class_names: Sequence[str], *,
+                     ncols: int = 6, title: str = "Predictions (green: right, red: wrong)",
+                     size: float = 1.8) -> Figure:
+    """Images titled "predicted (confidence %) / true", green when right and red when wrong.
+
+    Args:
+        images: see the module docstring.
+        y_true: (N,) true class indices.
+        probs: (N, K) class probabilities (softmax of the logits).
+        class_names: K names.
+
+    Raises:
+        as ``images_to_numpy``; ValueError when the lengths disagree.
+    """
+    arr = images_to_numpy(images)
+    probs = torch.as_tensor(probs)
+    y_true = torch.as_tensor(y_true)
+    if not (len(arr) == len(y_true) == len(probs)):
+        raise ValueError(f"got {len(arr)} images, {len(y_true)} labels and {len(probs)} rows of "
+                         "probabilities; give one of each per image")
+    if probs.ndim != 2 or probs.shape[1] != len(class_names):
+        raise ValueError(f"probs must be (N, {len(class_names)}), got {tuple(probs.shape)}")
+    conf, pred = probs.max(dim=1)
+    fig, axes = _grid(len(arr), ncols, size)
+    for i, ax in enumerate(axes.flat[:len(arr)]):
+        img = arr[i]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        right = int(pred[i]) == int(y_true[i])
+        ax.set_title(f"{class_names[int(pred[i])]} ({100 * float(conf[i]):.0f}%)\ntrue: {class_names[int(y_true[i])]}",
+                     fontsize=7, color="green" if right else "red")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_model_comparison(results: Sequence[dict], *, metric: str = "test_acc",
+                          metric_label: str = "test accuracy (%)", time_key: str = "train_seconds",
+                          title: str = "Model comparison (same device, same run)") -> Figure:
+    """Bar charts of a metric and of training time per model.
+
+    Args:
+        results: one dict per model with ``model`` (name), ``metric`` and ``time_key`` entries.
+        metric: key of the quality metric (higher is better).
+        time_key: key of the training time in seconds.
+
+    Raises:
+        ValueError: no results, or a result without the keys asked for.
+    """
+    if not results:
+        raise ValueError("no results to compare")
+    for r in results:
+        missing = [k for k in ("model", metric, time_key) if k not in r]
+        if missing:
+            raise ValueError(f"result {r} lacks {missing}")
+    names = [r["model"] for r in results]
+    fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(10, 0.5 * len(names) + 2))
+    bars = ax_m.barh(names, [r[metric] for r in results], color="tab:blue")
+    ax_m.bar_label(bars, fmt="%.1f", padding=2)
+    lo = min(r[metric] for r in results)
+    ax_m.set(xlabel=metric_label, title=metric_label, xlim=(max(0, lo - 10), 100 if "acc" in metric else None))
+    bars = ax_t.barh(names, [r[time_key] for r in results], color="tab:orange")
+    ax_t.bar_label(bars, fmt="%.1f", padding=2)
+    ax_t.set(xlabel="training time (s)", title="Training time")
+    for ax in (ax_m, ax_t):
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
