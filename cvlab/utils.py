@@ -91,6 +91,24 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or belongs to another model."""
 
 
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.device, torch.Size)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raise TypeError unless ``value`` is made only of types weights_only loading accepts."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_plain(k, where)
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    elif type(value) not in _PLAIN and not isinstance(value, torch.Tensor):
+        raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__name__}, which "
+                        "torch.load(weights_only=True) cannot read back; convert it to a plain "
+                        "int/float/str/list/dict or a tensor (e.g. float(x) for a NumPy number)")
+
+
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, arch: str | None = None,
                     model_kwargs: dict[str, Any] | None = None, class_names: list[str] | None = None,
                     metrics: dict[str, float] | None = None, **extra: Any) -> Path:
@@ -110,6 +128,10 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, arch: st
     Returns:
         the path written.
 
+    Raises:
+        TypeError: an entry that ``torch.load(weights_only=True)`` could not read back (e.g. a
+            NumPy number or a custom object); the message names the entry.
+
     The file is first written to a temporary file in the same folder, then moved over ``path``
     with ``os.replace``, which is atomic: a crash or interrupt mid-save leaves the old file intact.
     """
@@ -121,9 +143,10 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, arch: st
         "class_names": list(class_names) if class_names is not None else None,
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         **extra,
     }
+    _check_plain(state, "checkpoint")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -1,0 +1,134 @@
+import pytest
+import torch
+from torch import nn
+
+from cvlab.data import InMemoryLoader
+from cvlab.models import LinearModel
+from cvlab.training import History, eval_step, fit, train_step
+from cvlab.utils import load_checkpoint
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return LinearModel(in_features=64, num_classes=2)
+
+
+def _loaders(toy_data, batch_size=32, seed=3):
+    images, labels = toy_data
+    return (InMemoryLoader(images[:160], labels[:160], batch_size, shuffle=True, seed=seed),
+            InMemoryLoader(images[160:], labels[160:], 16))
+
+
+def test_steps_learn_and_weight_by_sample(toy_data):
+    train, val = _loaders(toy_data)
+    model, loss_fn = _model(), nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    before, _ = eval_step(model, val, loss_fn)
+    for _ in range(5):
+        train_step(model, train, loss_fn, opt)
+    after, acc = eval_step(model, val, loss_fn)
+    assert after < before and acc == 100.0
+    # uneven batches (16, 16, 8): the step's accuracy equals the accuracy over all samples
+    images, labels = toy_data
+    uneven = InMemoryLoader(images[:40], labels[:40], 16)
+    with torch.no_grad():
+        logits = model(images[:40].float() / 255)
+    expected_loss = nn.functional.cross_entropy(logits, labels[:40]).item()
+    expected_acc = 100 * (logits.argmax(1) == labels[:40]).float().mean().item()
+    loss, acc = eval_step(model, uneven, loss_fn)
+    assert loss == pytest.approx(expected_loss, rel=1e-5) and acc == pytest.approx(expected_acc)
+
+
+def test_fit_history_columns(toy_data):
+    train, val = _loaders(toy_data)
+    h = fit(_model(), train, val, epochs=3, lr=0.05, device="cpu", progress=False)
+    assert isinstance(h, History) and len(h) == 3 and not h.interrupted
+    assert set(h.last()) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
+    assert h["epoch"] == [1, 2, 3] and all(0 <= a <= 100 for a in h["val_acc"])
+    assert h.total_seconds == pytest.approx(sum(h["seconds"]))
+    assert h.best("val_loss", mode="min")["val_loss"] == min(h["val_loss"])
+    with pytest.raises(KeyError, match="columns"):
+        h["accuracy"]
+    only_train = fit(_model(), train, epochs=1, progress=False, device="cpu")
+    assert "val_acc" not in only_train.last()
+
+
+def test_fit_equals_hand_written_loop(toy_data):
+    train, val = _loaders(toy_data)
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    loss_fn = nn.CrossEntropyLoss()
+    hand = []
+    for _ in range(2):
+        tl, ta = train_step(model, train, loss_fn, opt)
+        vl, va = eval_step(model, val, loss_fn)
+        hand.append((tl, ta, vl, va))
+    train, val = _loaders(toy_data)
+    h = fit(_model(), train, val, epochs=2, lr=0.01, progress=False, device="cpu")
+    assert [(r["train_loss"], r["train_acc"], r["val_loss"], r["val_acc"]) for r in h.records] == hand
+
+
+def test_fit_is_deterministic_with_a_seed(toy_data):
+    runs = []
+    for _ in range(2):
+        train, val = _loaders(toy_data)
+        h = fit(_model(), train, val, epochs=2, progress=False, seed=1, device="cpu")
+        runs.append([(r["train_loss"], r["val_acc"]) for r in h.records])
+    assert runs[0] == runs[1]
+
+
+def test_scheduler_steps_per_batch(toy_data):
+    train, val = _loaders(toy_data)
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=2 * len(train))
+    fit(model, train, val, epochs=2, optimizer=opt, scheduler=sched, progress=False, device="cpu")
+    assert sched.last_epoch == 2 * len(train)
+
+
+class InterruptingLoader:
+    """Yields the wrapped loader's batches, then raises KeyboardInterrupt in epoch ``stop_at``."""
+
+    def __init__(self, loader, stop_at):
+        self.loader, self.stop_at, self.epoch = loader, stop_at, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        self.epoch += 1
+        for i, batch in enumerate(self.loader):
+            if self.epoch == self.stop_at and i == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+
+def test_interrupt_keeps_history_and_best_checkpoint(toy_data, tmp_path, capsys):
+    train, val = _loaders(toy_data)
+    path = tmp_path / "best.pt"
+    h = fit(_model(), InterruptingLoader(train, stop_at=3), val, epochs=5, lr=0.05, progress=False,
+            device="cpu", checkpoint_path=path, checkpoint_info={"class_names": ["dark", "bright"]})
+    assert h.interrupted and len(h) == 2
+    assert "interrupted after 2 finished epoch(s)" in capsys.readouterr().out
+    ckpt = load_checkpoint(path, _model())
+    assert ckpt["metrics"]["val_acc"] == max(h["val_acc"])
+    assert len(ckpt["history"]) >= 1 and ckpt["class_names"] == ["dark", "bright"]
+
+
+def test_non_finite_loss_stops_with_advice(toy_data):
+    train, val = _loaders(toy_data)
+    model = _model()
+    with torch.no_grad():
+        model.linear.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        fit(model, train, val, epochs=1, progress=False, device="cpu")
+
+
+def test_bad_arguments(toy_data):
+    train, val = _loaders(toy_data)
+    with pytest.raises(ValueError, match="epochs"):
+        fit(_model(), train, val, epochs=0)
+    with pytest.raises(TypeError, match="pair of tensors"):
+        train_step(_model(), [([1, 2], [0, 1])], nn.CrossEntropyLoss(), torch.optim.SGD(_model().parameters(), lr=1))
+    with pytest.raises(ValueError, match="no batches"):
+        eval_step(_model(), [], nn.CrossEntropyLoss())

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from cvlab import visualization as V
+from cvlab.training import History
+
+
+@pytest.mark.parametrize("images", [
+    torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8),
+    torch.rand(6, 3, 16, 16),
+    torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8),
+    np.random.rand(3, 10, 10).astype(np.float32),  # one RGB image, CHW
+])
+def test_show_images_accepts_image_batches(images):
+    fig = V.show_images(images, ncols=4, title="t")
+    assert isinstance(fig, Figure)
+    assert V.images_to_numpy(images).shape[-1] in (1, 3)
+
+
+def test_show_images_titles_from_class_names():
+    fig = V.show_images(torch.rand(2, 1, 8, 8), labels=[0, 1], class_names=["boot", "bag"])
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["boot", "bag"]
+
+
+def test_image_errors_say_what_to_do():
+    with pytest.raises(ValueError, match="HWC"):
+        V.show_images(torch.rand(2, 28, 28, 3))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        V.show_images(torch.randn(2, 1, 8, 8) * 5)
+    assert isinstance(V.show_images(torch.randn(2, 1, 8, 8) * 5, normalize=True), Figure)
+    with pytest.raises(TypeError, match="dtype"):
+        V.show_images(torch.ones(2, 1, 8, 8, dtype=torch.int64))
+    with pytest.raises(TypeError, match="Tensor or numpy"):
+        V.show_images([[0.0]])
+    with pytest.raises(ValueError, match="shaped"):
+        V.show_images(torch.rand(1, 1, 1, 8, 8))
+    with pytest.raises(ValueError, match="2 images but 3 labels"):
+        V.show_images(torch.rand(2, 1, 8, 8), labels=[0, 1, 2])
+
+
+def test_plot_history():
+    h = History([{"epoch": e, "train_loss": 1 / e, "train_acc": 80 + e, "val_loss": 1.1 / e, "val_acc": 79 + e}
+                 for e in (1, 2, 3)])
+    fig = V.plot_history(h)
+    assert isinstance(fig, Figure)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["cross-entropy loss (nats)", "accuracy (%)"]
+    with pytest.raises(ValueError, match="empty"):
+        V.plot_history(History())
+
+
+def test_plot_confusion_matrix():
+    cm = np.array([[3, 1], [0, 4]])
+    assert isinstance(V.plot_confusion_matrix(cm, ["a", "b"], normalize=True), Figure)
+    with pytest.raises(ValueError, match=r"\(3, 3\)"):
+        V.plot_confusion_matrix(cm, ["a", "b", "c"])
+
+
+def test_plot_predictions_colours_right_and_wrong():
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2]])
+    fig = V.plot_predictions(torch.rand(2, 1, 8, 8), [0, 1], probs, ["a", "b"])
+    colours = [ax.title.get_color() for ax in fig.axes[:2]]
+    assert colours == ["green", "red"]
+    assert fig.axes[0].get_title().startswith("a (90%)")
+    with pytest.raises(ValueError, match="one of each"):
+        V.plot_predictions(torch.rand(2, 1, 8, 8), [0], probs, ["a", "b"])
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        V.plot_predictions(torch.rand(2, 1, 8, 8), [0, 1], probs, ["a", "b", "c"])
+
+
+def test_plot_model_comparison():
+    rows = [{"model": "a", "test_acc": 84.0, "train_seconds": 2.0},
+            {"model": "b", "test_acc": 91.0, "train_seconds": 30.0}]
+    assert isinstance(V.plot_model_comparison(rows), Figure)
+    with pytest.raises(ValueError, match="lacks"):
+        V.plot_model_comparison([{"model": "a"}])
+    with pytest.raises(ValueError, match="no results"):
+        V.plot_model_comparison([])
