@@ -44,6 +44,8 @@ __all__ = [
     "fashion_mnist_loaders",
     "fashion_mnist_tensors",
     "prepare_fashion_mnist",
+    "read_photo",
+    "sample_photos",
     "to_float_images",
 ]
 
@@ -373,3 +375,92 @@ def fashion_mnist_loaders(batch_size: int = 32, *, root: str | os.PathLike | Non
                   persistent_workers=num_workers > 0)
     return (DataLoader(train_ds, shuffle=True, generator=torch.Generator().manual_seed(seed), **common),
             DataLoader(test_ds, shuffle=False, **common))
+
+
+def sample_photos() -> dict[str, Path]:
+    """Real photos that ship inside installed packages, so lessons work offline.
+
+    Returns:
+        name -> file path, for those packages that are installed: scikit-image's ``chelsea``
+        (a cat), ``coffee``, ``astronaut`` (Eileen Collins), ``rocket`` and ``motorcycle``;
+        matplotlib's ``grace_hopper``; scikit-learn's ``china`` and ``flower``.
+    """
+    found: dict[str, Path] = {}
+    try:
+        import skimage.data
+        folder = Path(skimage.data.__file__).parent
+        for name, file in (("chelsea", "chelsea.png"), ("coffee", "coffee.png"), ("astronaut", "astronaut.png"),
+                           ("rocket", "rocket.jpg"), ("motorcycle", "motorcycle_left.png")):
+            if (folder / file).is_file():
+                found[name] = folder / file
+    except ImportError:
+        pass
+    try:
+        import matplotlib
+        p = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+        if p.is_file():
+            found["grace_hopper"] = p
+    except ImportError:
+        pass
+    try:
+        import sklearn.datasets
+        folder = Path(sklearn.datasets.__file__).parent / "images"
+        for name in ("china", "flower"):
+            if (folder / f"{name}.jpg").is_file():
+                found[name] = folder / f"{name}.jpg"
+    except ImportError:
+        pass
+    return found
+
+
+def read_photo(photo: str | os.PathLike, mode: str = "RGB") -> torch.Tensor:
+    """Read and decode an image file with Pillow into a uint8 tensor.
+
+    Pillow is used rather than ``torchvision.io.decode_image``, whose image decoding is
+    deprecated since torchvision 0.29 (moving to TorchCodec); the result is the same tensor.
+
+    Args:
+        photo: a name from ``sample_photos()`` (e.g. "chelsea") or a path to an image file.
+        mode: "RGB" (3 channels: grayscale repeated, alpha dropped), "GRAY" (1 channel,
+            ITU-R 601-2 luma) or "UNCHANGED" (as stored: 1, 2 (gray+alpha), 3 or 4 (RGBA) channels).
+            16-bit images are scaled to 8 bits (value // 257).
+
+    Returns:
+        uint8 tensor (C, H, W) in [0, 255].
+
+    Raises:
+        ValueError: an unknown photo name or mode, or a file that cannot be decoded
+            (corrupt, truncated, or not an image); the message names the file.
+        FileNotFoundError: no file at that path.
+    """
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    if mode not in ("RGB", "GRAY", "UNCHANGED"):
+        raise ValueError(f"mode must be 'RGB', 'GRAY' or 'UNCHANGED', got {mode!r}")
+    path = Path(photo)
+    if not path.suffix and not path.exists():
+        photos = sample_photos()
+        if str(photo) not in photos:
+            raise ValueError(f"unknown photo {photo!r}; give a file path or one of {sorted(photos)}")
+        path = photos[str(photo)]
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file at {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"could not decode {path}: the file is corrupt, truncated or not an image "
+                         f"({type(exc).__name__}: {str(exc)[:150]}). Replace or delete it.") from None
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale
+        arr = np.asarray(img, dtype=np.int64)
+        img = Image.fromarray((np.clip(arr, 0, 65535) // 257).astype(np.uint8), mode="L")
+    if mode == "RGB":
+        img = img.convert("RGB")
+    elif mode == "GRAY":
+        img = img.convert("L")
+    elif img.mode not in ("L", "LA", "RGB", "RGBA"):
+        img = img.convert("RGBA" if "A" in img.getbands() or "transparency" in img.info else "RGB")
+    arr = np.asarray(img)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()

@@ -170,3 +170,38 @@ def test_to_float_images(toy_data):
     assert torch.allclose(out * 255, images.float())
     with pytest.raises(TypeError, match="uint8"):
         D.to_float_images(out)
+
+
+def test_sample_photos_and_read_photo(tmp_path):
+    photos = D.sample_photos()
+    assert {"chelsea", "coffee", "astronaut", "rocket", "grace_hopper", "china", "flower"} <= set(photos)
+    cat = D.read_photo("chelsea")
+    assert cat.shape == (3, 300, 451) and cat.dtype == torch.uint8
+    import skimage.data
+    assert torch.equal(cat.permute(1, 2, 0), torch.from_numpy(skimage.data.chelsea()))
+    assert D.read_photo(photos["grace_hopper"], mode="GRAY").shape[0] == 1
+    with pytest.raises(ValueError, match="one of"):
+        D.read_photo("unicorn")
+    with pytest.raises(ValueError, match="mode"):
+        D.read_photo("chelsea", mode="CMYK")
+    with pytest.raises(FileNotFoundError):
+        D.read_photo(tmp_path / "none.png")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(photos["grace_hopper"].read_bytes()[:300])
+    with pytest.raises(ValueError, match="broken.jpg"):
+        D.read_photo(broken)
+
+
+def test_read_photo_modes_and_bit_depths(tmp_path):
+    import numpy as np
+    from PIL import Image
+    rgba = np.zeros((4, 5, 4), np.uint8); rgba[..., 0] = 200; rgba[..., 3] = 128
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    assert D.read_photo(tmp_path / "rgba.png").shape == (3, 4, 5)
+    assert D.read_photo(tmp_path / "rgba.png", mode="UNCHANGED").shape == (4, 4, 5)
+    Image.fromarray(np.full((4, 5), 77, np.uint8), "L").save(tmp_path / "gray.png")
+    rgb = D.read_photo(tmp_path / "gray.png")
+    assert rgb.shape == (3, 4, 5) and int(rgb.min()) == int(rgb.max()) == 77
+    Image.fromarray(np.full((4, 5), 65535, np.uint16)).save(tmp_path / "deep.png")
+    deep = D.read_photo(tmp_path / "deep.png", mode="UNCHANGED")
+    assert deep.shape == (1, 4, 5) and deep.dtype == torch.uint8 and int(deep.max()) == 255
