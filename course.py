@@ -9,6 +9,7 @@ Usage (from the folder this file is in; any Python >= 3.10 starts it):
     python course.py test          set up, then run every test: unit tests and nbval over
                                    every notebook (this is what CI runs)
     python course.py regenerate    set up, then re-execute the committed notebooks in place
+                                   (name parts select some: python course.py regenerate 01 02)
     python course.py setup         only the set-up
 
 The set-up is idempotent: it makes a virtual environment in .venv, installs the project and its
@@ -98,13 +99,20 @@ def setup(here: bool) -> Path:
     return python
 
 
-def notebook_paths() -> list[Path]:
-    return sorted(p for p in NOTEBOOKS.glob("*.ipynb"))
+def notebook_paths(only: list[str] | None = None) -> list[Path]:
+    """The course's notebooks in lesson order; with ``only``, those whose name contains one of them."""
+    paths = sorted(NOTEBOOKS.glob("*.ipynb"))
+    if only:
+        paths = [p for p in paths if any(o in p.name for o in only)]
+        if not paths:
+            log(f"no notebook matches {only}")
+            sys.exit(2)
+    return paths
 
 
 # --- the steps below run inside the environment (they import nbclient) ------------------------
 
-def execute_notebooks(out_dir: Path | None) -> int:
+def execute_notebooks(out_dir: Path | None, only: list[str] | None = None) -> int:
     """Execute every notebook from a fresh kernel; in place when out_dir is None.
 
     Prints one line per notebook with its wall-clock run time (seconds) and the lines its cells
@@ -116,7 +124,7 @@ def execute_notebooks(out_dir: Path | None) -> int:
 
     failures = 0
     rows = []
-    for path in notebook_paths():
+    for path in notebook_paths(only):
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                                 record_timing=False, resources={"metadata": {"path": str(NOTEBOOKS)}})
@@ -126,7 +134,8 @@ def execute_notebooks(out_dir: Path | None) -> int:
         try:
             client.execute()
         except CellExecutionError as exc:
-            error = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+            error = text.splitlines()[-1] if text else repr(exc)
         seconds = time.perf_counter() - t0
         results = []
         for cell in nb.cells:
@@ -164,13 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--here", action="store_true",
                         help="use this Python instead of making .venv")
     parser.add_argument("--in-place", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("pytest_args", nargs="*", default=[],
-                        help="with 'test': extra arguments passed to pytest")
-    args = parser.parse_args(argv)
+    parser.add_argument("extra", nargs="*", default=[],
+                        help="with 'test': extra arguments for pytest; with 'regenerate' or "
+                             "--headless: run only notebooks whose name contains one of these")
+    args, unknown = parser.parse_known_intermixed_args(argv)
+    if unknown and args.command != "test":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.extra += unknown  # e.g. pytest's own options: python course.py test -k checkpoint
 
     if args.command == "_execute":  # inside the environment
         out = None if args.in_place else ROOT / "build" / "executed"
-        return 1 if execute_notebooks(out) else 0
+        return 1 if execute_notebooks(out, args.extra) else 0
 
     python = setup(args.here)
     if args.command == "setup":
@@ -178,13 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "test":
         cmd = [str(python), "-m", "pytest", "tests", "notebooks", "--nbval-lax",
-               "--nbval-current-env", f"--nbval-cell-timeout={CELL_TIMEOUT_S}", *args.pytest_args]
+               "--nbval-current-env", f"--nbval-cell-timeout={CELL_TIMEOUT_S}", *args.extra]
         log("running the unit tests and nbval over every notebook: " + " ".join(cmd[1:]))
         return subprocess.run(cmd, cwd=ROOT).returncode
     if args.command == "regenerate":
-        return subprocess.run([str(python), __file__, "_execute", "--in-place"], cwd=ROOT).returncode
+        return subprocess.run([str(python), __file__, "_execute", "--in-place", *args.extra], cwd=ROOT).returncode
     if args.headless:
-        return subprocess.run([str(python), __file__, "_execute"], cwd=ROOT).returncode
+        return subprocess.run([str(python), __file__, "_execute", *args.extra], cwd=ROOT).returncode
     jupyter = [str(python), "-m", "jupyterlab", str(NOTEBOOKS)]
     log("opening JupyterLab: " + " ".join(jupyter[1:]))
     return subprocess.run(jupyter, cwd=ROOT).returncode

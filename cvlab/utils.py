@@ -76,15 +76,13 @@ def get_device(prefer: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def key_result(text: str) -> str:
+def key_result(text: str) -> None:
     """Print a lesson's key result as one line starting with "Key result:".
 
     The headless course run (``python course.py --headless``) collects these lines and prints
-    them beside each notebook's run time. Returns the line printed.
+    them beside each notebook's run time.
     """
-    line = f"Key result: {text}"
-    print(line)
-    return line
+    print(f"Key result: {text}")
 
 
 class CheckpointError(ValueError):
