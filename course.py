@@ -136,6 +136,7 @@ def execute_notebooks(out_dir: Path | None, only: list[str] | None = None) -> in
         except CellExecutionError as exc:
             text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
             error = text.splitlines()[-1] if text else repr(exc)
+            print("\n".join(text.splitlines()[-25:]), file=sys.stderr)
         seconds = time.perf_counter() - t0
         results = []
         for cell in nb.cells:

@@ -31,7 +31,6 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -265,7 +264,8 @@ def to_float_images(images: torch.Tensor) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
         got = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
         raise TypeError(f"expected a uint8 image tensor, got {got}")
-    return F.to_dtype(images, torch.float32, scale=True)
+    # the two operations of torchvision's to_dtype kernel for uint8 -> float, without its dispatcher
+    return images.to(torch.float32).mul_(1.0 / 255)
 
 
 class InMemoryLoader:
@@ -318,8 +318,7 @@ class InMemoryLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+        for idx in order.split(self.batch_size)[:len(self)]:
             x, y = self.images[idx], self.labels[idx]
             if self.device is not None:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -64,8 +64,16 @@ def test_fit_equals_hand_written_loop(toy_data):
         vl, va = eval_step(model, val, loss_fn)
         hand.append((tl, ta, vl, va))
     train, val = _loaders(toy_data)
-    h = fit(_model(), train, val, epochs=2, lr=0.01, progress=False, device="cpu")
+    model = _model()
+    h = fit(model, train, val, epochs=2, optimizer=torch.optim.Adam(model.parameters(), lr=0.01),
+            progress=False, device="cpu")
     assert [(r["train_loss"], r["train_acc"], r["val_loss"], r["val_acc"]) for r in h.records] == hand
+
+
+def test_default_optimizer_is_adam_with_lr():
+    from cvlab.training import _default_optimizer
+    opt = _default_optimizer(_model(), 0.005)
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 0.005
 
 
 def test_fit_is_deterministic_with_a_seed(toy_data):
@@ -132,3 +140,14 @@ def test_bad_arguments(toy_data):
         train_step(_model(), [([1, 2], [0, 1])], nn.CrossEntropyLoss(), torch.optim.SGD(_model().parameters(), lr=1))
     with pytest.raises(ValueError, match="no batches"):
         eval_step(_model(), [], nn.CrossEntropyLoss())
+
+
+def test_channels_last_trains_a_cnn(toy_data):
+    from cvlab.models import TinyVGG
+    images, labels = toy_data
+    torch.manual_seed(0)
+    model = TinyVGG(hidden_units=4, num_classes=2, image_size=8)
+    loader = InMemoryLoader(images, labels, 50)
+    h = fit(model, loader, loader, epochs=2, lr=1e-2, channels_last=True, progress=False, device="cpu")
+    assert model.block_1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert h.last()["val_acc"] > 50

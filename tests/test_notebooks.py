@@ -1,0 +1,63 @@
+"""Every committed notebook is a finished lesson: executed in order from a fresh kernel with no
+error, small, and shaped like the others (title, run time, asserts, key result, summary, exercises).
+nbval (``pytest --nbval-lax notebooks``) re-executes them; these tests check what was committed."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+def _cells(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    return nb, nb["cells"], [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+
+
+def test_the_course_has_its_lessons():
+    names = [p.stem for p in NOTEBOOKS]
+    assert names[:3] == ["00_setup_and_torchvision_tour", "01_fashionmnist_baselines", "02_cnns"]
+    numbers = [n[:2] for n in names]
+    assert len(set(numbers)) == len(numbers), "two notebooks share a lesson number"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_executed_in_order_without_errors(path):
+    _, _, code = _cells(path)
+    counts = [c["execution_count"] for c in code]
+    assert None not in counts, "a code cell was never executed: run `python course.py regenerate`"
+    assert counts == list(range(1, len(code) + 1)), "cells were not executed once each, top to bottom, from a fresh kernel"
+    for c in code:
+        assert not [o for o in c["outputs"] if o["output_type"] == "error"], "a cell has an error output"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_lesson_shape(path):
+    nb, cells, code = _cells(path)
+    first = "".join(cells[0]["source"])
+    assert cells[0]["cell_type"] == "markdown" and re.match(rf"# {path.name[:2]} · ", first), "title '# NN · ...' first"
+    assert "What you will learn" in first and "Run time:" in first
+    markdown = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    assert "## Summary" in markdown
+    exercises = markdown.split("## Exercises", 1)
+    assert len(exercises) == 2, "an Exercises section ends every lesson"
+    assert 3 <= len(re.findall(r"^\d+\. ", exercises[1], flags=re.M)) <= 5, "3-5 exercises"
+    sources = "\n".join("".join(c["source"]) for c in code)
+    assert sources.count("assert ") >= 3, "cells assert what they teach, so that nbval tests it"
+    assert "key_result(" in sources, "the course run reports each lesson's key result"
+    assert "set_seed(" in sources
+    assert not re.search(r"^\s*[!%]pip ", sources, flags=re.M), "no installs inside lessons"
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_small(path):
+    assert path.stat().st_size < 800_000, "keep figures small (dpi 72, PNG) and logs short"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_key_result_was_printed(path):
+    _, _, code = _cells(path)
+    text = "".join("".join(o.get("text", "")) for c in code for o in c["outputs"] if o["output_type"] == "stream")
+    assert "Key result: " in text
