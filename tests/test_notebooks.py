@@ -61,3 +61,13 @@ def test_key_result_was_printed(path):
     _, _, code = _cells(path)
     text = "".join("".join(o.get("text", "")) for c in code for o in c["outputs"] if o["output_type"] == "stream")
     assert "Key result: " in text
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_warnings_in_committed_outputs(path):
+    """A warning's text holds the kernel's temporary file name, which changes every run: in a cell
+    whose output nbval checks it fails the test, elsewhere it is noise a learner should not see."""
+    _, _, code = _cells(path)
+    for c in code:
+        stderr = [o for o in c["outputs"] if o["output_type"] == "stream" and o["name"] == "stderr"]
+        assert not stderr, f"a cell writes to stderr: {''.join(stderr[0]['text'])[:200]}"
