@@ -37,11 +37,19 @@ __all__ = [
     "FASHION_MNIST_SHA256",
     "CorruptDatasetError",
     "DatasetNotFoundError",
+    "IMAGE_EXTENSIONS",
     "InMemoryLoader",
+    "balanced_sampler",
+    "class_counts",
+    "class_weights",
     "data_root",
     "fashion_mnist",
     "fashion_mnist_loaders",
     "fashion_mnist_tensors",
+    "find_bad_images",
+    "write_image_folder",
+    "image_folder",
+    "open_image",
     "prepare_fashion_mnist",
     "read_photo",
     "sample_photos",
@@ -284,6 +292,9 @@ class InMemoryLoader:
         seed: seeds that generator, so two loaders with the same seed give the same batches.
         drop_last: drop a last, incomplete batch.
         device: move each batch there (conversion then runs on that device).
+        sampler: draw the indices of each epoch from this sampler instead (e.g.
+            ``balanced_sampler``); then ``shuffle`` must be False and ``len(loader)`` follows
+            ``len(sampler)``.
 
     Raises:
         TypeError / ValueError: wrong dtypes, shapes, mismatched lengths or a bad batch size.
@@ -291,7 +302,7 @@ class InMemoryLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 32, *,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, sampler: torch.utils.data.Sampler | None = None):
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
             got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
             raise TypeError(f"images must be a uint8 tensor shaped (N, C, H, W), got {got}; "
@@ -302,8 +313,11 @@ class InMemoryLoader:
             raise ValueError(f"{len(images)} images but {len(labels)} labels: they must match one to one")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if sampler is not None and shuffle:
+            raise ValueError("give either shuffle=True or a sampler, not both (the sampler decides the order)")
         self.images = images
         self.labels = labels.long()
+        self.sampler = sampler
         self.dataset = torch.utils.data.TensorDataset(self.images, self.labels)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -312,12 +326,15 @@ class InMemoryLoader:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = len(self.sampler) if self.sampler is not None else len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.sampler is not None:
+            order = torch.as_tensor(list(self.sampler), dtype=torch.long)
+        else:
+            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         for idx in order.split(self.batch_size)[:len(self)]:
             x, y = self.images[idx], self.labels[idx]
             if self.device is not None:
@@ -412,37 +429,29 @@ def sample_photos() -> dict[str, Path]:
     return found
 
 
-def read_photo(photo: str | os.PathLike, mode: str = "RGB") -> torch.Tensor:
-    """Read and decode an image file with Pillow into a uint8 tensor.
-
-    Pillow is used rather than ``torchvision.io.decode_image``, whose image decoding is
-    deprecated since torchvision 0.29 (moving to TorchCodec); the result is the same tensor.
+def open_image(path: str | os.PathLike, mode: str = "RGB"):
+    """Open an image file with Pillow, decoded and converted, naming the file on any error.
 
     Args:
-        photo: a name from ``sample_photos()`` (e.g. "chelsea") or a path to an image file.
+        path: an image file (PNG, JPEG, GIF, BMP, TIFF, WEBP, ... anything Pillow reads).
         mode: "RGB" (3 channels: grayscale repeated, alpha dropped), "GRAY" (1 channel,
-            ITU-R 601-2 luma) or "UNCHANGED" (as stored: 1, 2 (gray+alpha), 3 or 4 (RGBA) channels).
-            16-bit images are scaled to 8 bits (value // 257).
+            ITU-R 601-2 luma) or "UNCHANGED" (as stored: L, LA, RGB or RGBA). 16-bit images
+            are scaled to 8 bits (value // 257) first, so they are not clipped to white.
 
     Returns:
-        uint8 tensor (C, H, W) in [0, 255].
+        a loaded ``PIL.Image.Image`` in mode "RGB", "L", or (UNCHANGED) "L"/"LA"/"RGB"/"RGBA".
 
     Raises:
-        ValueError: an unknown photo name or mode, or a file that cannot be decoded
-            (corrupt, truncated, or not an image); the message names the file.
         FileNotFoundError: no file at that path.
+        ValueError: an unknown mode, or a file that cannot be decoded (corrupt, truncated, or
+            not an image); the message names the file.
     """
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     if mode not in ("RGB", "GRAY", "UNCHANGED"):
         raise ValueError(f"mode must be 'RGB', 'GRAY' or 'UNCHANGED', got {mode!r}")
-    path = Path(photo)
-    if not path.suffix and not path.exists():
-        photos = sample_photos()
-        if str(photo) not in photos:
-            raise ValueError(f"unknown photo {photo!r}; give a file path or one of {sorted(photos)}")
-        path = photos[str(photo)]
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {path}")
     try:
@@ -455,11 +464,160 @@ def read_photo(photo: str | os.PathLike, mode: str = "RGB") -> torch.Tensor:
         arr = np.asarray(img, dtype=np.int64)
         img = Image.fromarray((np.clip(arr, 0, 65535) // 257).astype(np.uint8), mode="L")
     if mode == "RGB":
-        img = img.convert("RGB")
-    elif mode == "GRAY":
-        img = img.convert("L")
-    elif img.mode not in ("L", "LA", "RGB", "RGBA"):
+        return img.convert("RGB")
+    if mode == "GRAY":
+        return img.convert("L")
+    if img.mode not in ("L", "LA", "RGB", "RGBA"):
         img = img.convert("RGBA" if "A" in img.getbands() or "transparency" in img.info else "RGB")
-    arr = np.asarray(img)
+    return img
+
+
+def read_photo(photo: str | os.PathLike, mode: str = "RGB") -> torch.Tensor:
+    """Read and decode an image file with Pillow into a uint8 tensor.
+
+    Pillow is used rather than ``torchvision.io.decode_image``, whose image decoding is
+    deprecated since torchvision 0.29 (moving to TorchCodec); the result is the same tensor.
+
+    Args:
+        photo: a name from ``sample_photos()`` (e.g. "chelsea") or a path to an image file.
+        mode: as ``open_image``: "RGB", "GRAY" or "UNCHANGED".
+
+    Returns:
+        uint8 tensor (C, H, W) in [0, 255]; C = 3 (RGB), 1 (GRAY) or as stored (UNCHANGED).
+
+    Raises:
+        ValueError: an unknown photo name or mode, or a file that cannot be decoded
+            (corrupt, truncated, or not an image); the message names the file.
+        FileNotFoundError: no file at that path.
+    """
+    import numpy as np
+
+    path = Path(photo)
+    if not path.suffix and not path.exists():
+        photos = sample_photos()
+        if str(photo) not in photos:
+            raise ValueError(f"unknown photo {photo!r}; give a file path or one of {sorted(photos)}")
+        path = photos[str(photo)]
+    arr = np.asarray(open_image(path, mode))
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+def image_folder(root: str | os.PathLike, transform=None, mode: str = "RGB") -> datasets.ImageFolder:
+    """torchvision's ``ImageFolder`` over ``root/<class name>/<image file>``, with a safe loader.
+
+    Every image is opened with ``open_image``: grayscale, RGBA, palette and 16-bit files are
+    converted to ``mode``; a corrupt file raises an error that names it (find them all up front
+    with ``find_bad_images``).
+
+    Args:
+        root: a folder with one sub-folder per class; classes are the sorted sub-folder names.
+        transform: applied to each PIL image (e.g. a preset from ``cvlab.transforms``).
+        mode: "RGB" or "GRAY".
+
+    Returns:
+        the dataset: ``.classes`` (names), ``.class_to_idx``, ``.samples`` (path, index) pairs,
+        ``.targets``; items are ``(transform(image), class index)``.
+
+    Raises:
+        DatasetNotFoundError: ``root`` does not exist, or has no class folder with images in it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"no image folder at {root}: expected {root}/<class name>/<image files>")
+    try:
+        return datasets.ImageFolder(str(root), transform=transform, loader=lambda p: open_image(p, mode),
+                                    is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+    except FileNotFoundError as exc:
+        raise DatasetNotFoundError(f"{root} has no class folders with images in them ({exc}); expected "
+                                   f"{root}/<class name>/<image files> with extensions {', '.join(IMAGE_EXTENSIONS)}") from None
+
+
+def write_image_folder(root: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor,
+                       class_names: list[str]) -> Path:
+    """Write images as PNG files in ``root/<class name>/<index>.png``, the layout ``ImageFolder`` reads.
+
+    Args:
+        root: the folder to write (made if missing; existing files of the same name are replaced).
+        images: uint8 (N, C, H, W), C = 1 or 3.
+        labels: (N,) class indices.
+        class_names: names of the classes; "/" in a name becomes "_" (it cannot be in a folder name).
+            Only classes with at least one image get a folder.
+
+    Returns:
+        ``root``.
+
+    Raises:
+        TypeError / ValueError: wrong dtype or shape, or lengths that do not match.
+    """
+    from PIL import Image
+
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise TypeError("images must be a uint8 tensor shaped (N, C, H, W) with C = 1 or 3")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    root = Path(root)
+    folders = [name.replace("/", "_") for name in class_names]
+    for label in sorted(set(torch.as_tensor(labels).tolist())):
+        (root / folders[label]).mkdir(parents=True, exist_ok=True)
+    for i, (img, label) in enumerate(zip(images, torch.as_tensor(labels).tolist())):
+        arr = img.permute(1, 2, 0).numpy()
+        Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(root / folders[label] / f"{i:05d}.png")
+    return root
+
+
+def find_bad_images(root: str | os.PathLike) -> list[tuple[Path, str]]:
+    """Every image file under ``root`` that cannot be decoded, with the reason.
+
+    Returns:
+        ``(path, reason)`` pairs, sorted by path; empty when every file decodes.
+    """
+    bad = []
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            try:
+                open_image(path, "UNCHANGED")
+            except ValueError as exc:
+                bad.append((path, str(exc)))
+    return bad
+
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Samples per class: int64 (num_classes,). Raises ValueError for labels outside 0..num_classes-1."""
+    labels = torch.as_tensor(labels).long()
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels must be in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
+    return torch.bincount(labels, minlength=num_classes)
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class weights N / (K * count), scikit-learn's "balanced" heuristic: float32 (K,).
+
+    Pass them to ``nn.CrossEntropyLoss(weight=...)`` so every class weighs the same in the loss
+    however rare it is. A class with no samples gets weight 0.
+    """
+    counts = class_counts(labels, num_classes).float()
+    weights = counts.sum() / (num_classes * counts)
+    return torch.where(counts > 0, weights, torch.zeros_like(weights))
+
+
+def balanced_sampler(labels: torch.Tensor, num_samples: int | None = None, *, seed: int = 0
+                     ) -> torch.utils.data.WeightedRandomSampler:
+    """A ``WeightedRandomSampler`` that draws every class equally often, with replacement.
+
+    Args:
+        labels: (N,) class indices of the dataset, in dataset order.
+        num_samples: draws per epoch (default N).
+        seed: seeds the sampler's own generator.
+
+    Returns:
+        the sampler; give it to ``DataLoader(sampler=...)`` or ``InMemoryLoader(sampler=...)``.
+    """
+    labels = torch.as_tensor(labels).long()
+    counts = torch.bincount(labels).float()
+    per_sample = (1.0 / counts)[labels]
+    return torch.utils.data.WeightedRandomSampler(per_sample.double(), num_samples or len(labels), replacement=True,
+                                                  generator=torch.Generator().manual_seed(seed))

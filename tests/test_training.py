@@ -1,11 +1,13 @@
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from cvlab.data import InMemoryLoader
 from cvlab.models import LinearModel
-from cvlab.training import History, eval_step, fit, train_step
-from cvlab.utils import load_checkpoint
+from cvlab.training import FocalLoss, History, eval_step, fit, train_step
+from cvlab.utils import CheckpointError, load_checkpoint
 
 
 def _model(seed=0):
@@ -99,6 +101,7 @@ class InterruptingLoader:
 
     def __init__(self, loader, stop_at):
         self.loader, self.stop_at, self.epoch = loader, stop_at, 0
+        self.generator = loader.generator  # fit saves the shuffling state it finds here
 
     def __len__(self):
         return len(self.loader)
@@ -111,16 +114,130 @@ class InterruptingLoader:
             yield batch
 
 
-def test_interrupt_keeps_history_and_best_checkpoint(toy_data, tmp_path, capsys):
+def test_interrupt_keeps_history_and_checkpoints(toy_data, tmp_path, capsys):
     train, val = _loaders(toy_data)
-    path = tmp_path / "best.pt"
-    h = fit(_model(), InterruptingLoader(train, stop_at=3), val, epochs=5, lr=0.05, progress=False,
-            device="cpu", checkpoint_path=path, checkpoint_info={"class_names": ["dark", "bright"]})
+    h = fit(_model(), InterruptingLoader(train, stop_at=3), val, epochs=5, lr=0.05, progress=False, device="cpu",
+            checkpoint_dir=tmp_path, monitor="val_acc", checkpoint_info={"class_names": ["dark", "bright"]})
     assert h.interrupted and len(h) == 2
     assert "interrupted after 2 finished epoch(s)" in capsys.readouterr().out
-    ckpt = load_checkpoint(path, _model())
-    assert ckpt["metrics"]["val_acc"] == max(h["val_acc"])
-    assert len(ckpt["history"]) >= 1 and ckpt["class_names"] == ["dark", "bright"]
+    best = load_checkpoint(tmp_path / "best.pt", _model())
+    assert best["metrics"]["val_acc"] == max(h["val_acc"]) and best["class_names"] == ["dark", "bright"]
+    last = load_checkpoint(tmp_path / "last.pt", _model())
+    assert last["epoch"] == 2 and len(last["history"]) == 2
+
+
+def _dropout_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(64, 2))
+
+
+def _run(toy_data, ckpt_dir, epochs, stop_at=None, resume=False):
+    """Train with dropout, a per-batch one-cycle schedule and a shuffling loader."""
+    train, val = _loaders(toy_data, seed=5)
+    model = _dropout_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=4 * len(train))
+    loader = InterruptingLoader(train, stop_at) if stop_at else train
+    h = fit(model, loader, val, epochs=epochs, optimizer=opt, scheduler=sched, progress=False, device="cpu",
+            checkpoint_dir=ckpt_dir, resume_from=(ckpt_dir / "last.pt") if resume else None, seed=None)
+    return h, model
+
+
+def test_resume_ends_exactly_like_an_uninterrupted_run(toy_data, tmp_path):
+    torch.manual_seed(123)
+    full, full_model = _run(toy_data, tmp_path / "a", epochs=4)
+    torch.manual_seed(123)
+    part, _ = _run(toy_data, tmp_path / "b", epochs=4, stop_at=3)
+    assert part.interrupted and len(part) == 2
+    torch.manual_seed(999)  # a different global state: resume must restore its own
+    resumed, resumed_model = _run(toy_data, tmp_path / "b", epochs=4, resume=True)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h.records]
+    assert strip(resumed) == strip(full)
+    for a, b in zip(full_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_resume_errors(toy_data, tmp_path):
+    train, val = _loaders(toy_data)
+    fit(_model(), train, val, epochs=1, progress=False, device="cpu", checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="weights only"):
+        fit(_model(), train, val, epochs=2, progress=False, device="cpu", resume_from=tmp_path / "best.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        fit(_model(), train, val, epochs=2, progress=False, device="cpu", resume_from=tmp_path / "none.pt")
+    with pytest.raises(CheckpointError, match="holds a 'LinearModel' model"):
+        fit(_dropout_model(), train, val, epochs=2, progress=False, device="cpu", resume_from=tmp_path / "last.pt")
+
+
+def test_early_stopping(toy_data, capsys):
+    train, val = _loaders(toy_data)
+    model = _model()
+    h = fit(model, train, val, epochs=10, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+            early_stopping_patience=2, monitor="val_acc", progress=False, device="cpu")
+    assert h.stopped_early and len(h) == 3  # epoch 1 sets the best, 2 and 3 do not improve
+    assert "Early stopping after epoch 3" in capsys.readouterr().out
+
+
+def test_epoch_and_plateau_schedulers(toy_data):
+    train, val = _loaders(toy_data)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    h = fit(model, train, val, epochs=3, optimizer=opt, scheduler=torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5),
+            scheduler_step="epoch", progress=False, device="cpu")
+    assert h["lr"] == pytest.approx([0.05, 0.025, 0.0125])
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
+    h = fit(model, train, val, epochs=3, optimizer=opt, scheduler=plateau, progress=False, device="cpu")
+    assert h["lr"][2] < h["lr"][0]
+
+
+def test_gradient_clipping(toy_data):
+    norms = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            norms.append(torch.norm(torch.stack([p.grad.norm() for p in self.param_groups[0]["params"]])).item())
+            return super().step(closure)
+
+    train, val = _loaders(toy_data)
+    model = _model()
+    fit(model, train, val, epochs=1, optimizer=Recording(model.parameters(), lr=0.01), max_grad_norm=0.01,
+        progress=False, device="cpu")
+    assert max(norms) <= 0.01 + 1e-6
+
+
+def test_bfloat16_autocast_on_cpu(toy_data):
+    from cvlab.models import TinyVGG
+    images, labels = toy_data
+    loader = InMemoryLoader(images, labels, 50)
+    torch.manual_seed(0)
+    h = fit(TinyVGG(hidden_units=4, num_classes=2, image_size=8), loader, loader, epochs=2, lr=1e-2,
+            amp_dtype="bfloat16", progress=False, device="cpu")
+    assert all(math.isfinite(v) for v in h["train_loss"])
+    with pytest.raises(ValueError, match="float16 autocast is for CUDA"):
+        fit(_model(), loader, epochs=1, amp_dtype="float16", device="cpu")
+    with pytest.raises(ValueError, match="amp_dtype"):
+        fit(_model(), loader, epochs=1, amp_dtype="int8", device="cpu")
+
+
+def test_focal_loss():
+    torch.manual_seed(0)
+    logits, target = torch.randn(12, 4), torch.randint(0, 4, (12,))
+    weight = torch.tensor([1.0, 2.0, 0.5, 1.5])
+    assert torch.allclose(FocalLoss(gamma=0)(logits, target), nn.functional.cross_entropy(logits, target))
+    assert torch.allclose(FocalLoss(gamma=0, weight=weight)(logits, target),
+                          nn.functional.cross_entropy(logits, target, weight=weight))
+    p = torch.softmax(logits, 1)[torch.arange(12), target]
+    expected = -((1 - p) ** 2) * torch.log(p)
+    assert torch.allclose(FocalLoss(gamma=2, reduction="none")(logits, target), expected, atol=1e-6)
+    assert torch.allclose(FocalLoss(gamma=2, reduction="sum")(logits, target), expected.sum(), atol=1e-5)
+    # easy samples count less: a confident right answer is down-weighted far more than CE does
+    easy = torch.tensor([[8.0, 0, 0, 0]])
+    assert FocalLoss(2)(easy, torch.tensor([0])) < 1e-3 * nn.functional.cross_entropy(easy, torch.tensor([0]))
+    with pytest.raises(ValueError, match="gamma"):
+        FocalLoss(gamma=-1)
+    with pytest.raises(ValueError, match="reduction"):
+        FocalLoss(reduction="avg")
 
 
 def test_non_finite_loss_stops_with_advice(toy_data):
@@ -136,6 +253,10 @@ def test_bad_arguments(toy_data):
     train, val = _loaders(toy_data)
     with pytest.raises(ValueError, match="epochs"):
         fit(_model(), train, val, epochs=0)
+    with pytest.raises(ValueError, match="scheduler_step"):
+        fit(_model(), train, val, scheduler_step="step")
+    with pytest.raises(ValueError, match="monitor"):
+        fit(_model(), train, val, monitor="accuracy")
     with pytest.raises(TypeError, match="pair of tensors"):
         train_step(_model(), [([1, 2], [0, 1])], nn.CrossEntropyLoss(), torch.optim.SGD(_model().parameters(), lr=1))
     with pytest.raises(ValueError, match="no batches"):
