@@ -126,7 +126,7 @@ def _loaders(args):
     if args.train_limit is not None:
         train_ds = torch.utils.data.Subset(train_ds, range(min(args.train_limit, len(train_ds))))
     train_loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, generator=g,
-                              worker_init_fn=data._seed_worker, **common)
+                              worker_init_fn=data.seed_worker, **common)
     val_loader = DataLoader(val_ds, batch_size=args.batch_size, shuffle=False, **common)
     return train_loader, val_loader, names, {"image_size": size, "channels": channels, "mean": list(mean),
                                              "std": list(std), "dataset": dataset}

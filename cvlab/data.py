@@ -19,6 +19,7 @@ Two loaders with the same contract (iterate to get ``(x, y)``: ``x`` float32 (B,
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -53,6 +54,7 @@ __all__ = [
     "prepare_fashion_mnist",
     "read_photo",
     "sample_photos",
+    "seed_worker",
     "to_float_images",
 ]
 
@@ -342,8 +344,14 @@ class InMemoryLoader:
             yield to_float_images(x), y
 
 
-def _seed_worker(worker_id: int) -> None:
-    """worker_init_fn: seed NumPy and random in each DataLoader worker from torch's seed."""
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` for a DataLoader: seed NumPy and ``random`` in each worker process.
+
+    PyTorch seeds each worker's torch RNG from the loader's generator (base seed + worker id),
+    but not NumPy's or Python's, so a transform using those would repeat across workers or runs.
+    This derives both from the worker's torch seed. Pass it with a seeded generator:
+    ``DataLoader(..., num_workers=2, worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(0))``.
+    """
     import random
 
     import numpy as np
@@ -387,7 +395,7 @@ def fashion_mnist_loaders(batch_size: int = 32, *, root: str | os.PathLike | Non
     test_ds = fashion_mnist("test", root, transform=transform)
     if train_limit is not None:
         train_ds = torch.utils.data.Subset(train_ds, range(train_limit))
-    common = dict(batch_size=batch_size, num_workers=num_workers, worker_init_fn=_seed_worker,
+    common = dict(batch_size=batch_size, num_workers=num_workers, worker_init_fn=seed_worker,
                   persistent_workers=num_workers > 0)
     return (DataLoader(train_ds, shuffle=True, generator=torch.Generator().manual_seed(seed), **common),
             DataLoader(test_ds, shuffle=False, **common))
@@ -529,8 +537,10 @@ def image_folder(root: str | os.PathLike, transform=None, mode: str = "RGB") -> 
     if not root.is_dir():
         raise DatasetNotFoundError(f"no image folder at {root}: expected {root}/<class name>/<image files>")
     try:
-        return datasets.ImageFolder(str(root), transform=transform, loader=lambda p: open_image(p, mode),
-                                    is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+        # partial and a module-level function, not lambdas: DataLoader workers started with "spawn"
+        # (Windows, macOS) receive the dataset pickled, and a lambda cannot be pickled
+        return datasets.ImageFolder(str(root), transform=transform, loader=functools.partial(open_image, mode=mode),
+                                    is_valid_file=_is_image_file)
     except FileNotFoundError as exc:
         raise DatasetNotFoundError(f"{root} has no class folders with images in them ({exc}); expected "
                                    f"{root}/<class name>/<image files> with extensions {', '.join(IMAGE_EXTENSIONS)}") from None
@@ -567,6 +577,10 @@ def write_image_folder(root: str | os.PathLike, images: torch.Tensor, labels: to
         arr = img.permute(1, 2, 0).numpy()
         Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(root / folders[label] / f"{i:05d}.png")
     return root
+
+
+def _is_image_file(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def find_bad_images(root: str | os.PathLike) -> list[tuple[Path, str]]:

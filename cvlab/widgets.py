@@ -9,10 +9,12 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
+from torchvision.transforms import v2
+
 from .data import to_float_images
 from .visualization import images_to_numpy
 
-__all__ = ["PredictionBrowser"]
+__all__ = ["AUGMENTATION_SPECS", "AugmentationExplorer", "PredictionBrowser"]
 
 
 class PredictionBrowser:
@@ -129,3 +131,145 @@ class PredictionBrowser:
         pos.observe(redraw, names="value")
         redraw()
         return w.VBox([w.HBox([cls, pos]), out])
+
+
+# transform name -> (factory taking the parameters, {parameter: (min, max, step, default)}).
+# Factories build the v2 transform with p=1 where torchvision has a probability, so the
+# explorer always shows the effect; the random ones draw from torch's RNG, seeded per call.
+AUGMENTATION_SPECS: dict = {
+    "RandomResizedCrop": (lambda min_scale: v2.RandomResizedCrop(224, scale=(min_scale, 1.0), antialias=True),
+                          {"min_scale": (0.05, 1.0, 0.05, 0.3)}),
+    "HorizontalFlip": (lambda: v2.RandomHorizontalFlip(p=1.0), {}),
+    "RandomRotation": (lambda degrees: v2.RandomRotation((degrees, degrees)), {"degrees": (-180.0, 180.0, 5.0, 30.0)}),
+    "RandomAffine": (lambda degrees, translate, scale, shear: v2.RandomAffine(
+        degrees=degrees, translate=(translate, translate), scale=(scale, scale), shear=shear),
+        {"degrees": (0.0, 90.0, 5.0, 15.0), "translate": (0.0, 0.5, 0.05, 0.1), "scale": (0.5, 1.5, 0.05, 1.0),
+         "shear": (0.0, 45.0, 5.0, 10.0)}),
+    "RandomPerspective": (lambda distortion_scale: v2.RandomPerspective(distortion_scale, p=1.0),
+                          {"distortion_scale": (0.0, 1.0, 0.05, 0.5)}),
+    "ElasticTransform": (lambda alpha, sigma: v2.ElasticTransform(alpha=alpha, sigma=sigma),
+                         {"alpha": (0.0, 250.0, 10.0, 50.0), "sigma": (1.0, 10.0, 0.5, 5.0)}),
+    "ColorJitter": (lambda brightness, contrast, saturation, hue: v2.ColorJitter(brightness, contrast, saturation, hue),
+                    {"brightness": (0.0, 1.0, 0.05, 0.4), "contrast": (0.0, 1.0, 0.05, 0.4),
+                     "saturation": (0.0, 1.0, 0.05, 0.4), "hue": (0.0, 0.5, 0.02, 0.1)}),
+    "Grayscale": (lambda: v2.Grayscale(num_output_channels=3), {}),
+    "RandomAutocontrast": (lambda: v2.RandomAutocontrast(p=1.0), {}),
+    "RandomEqualize": (lambda: v2.RandomEqualize(p=1.0), {}),
+    "RandomPosterize": (lambda bits: v2.RandomPosterize(int(bits), p=1.0), {"bits": (1, 8, 1, 3)}),
+    "RandomSolarize": (lambda threshold: v2.RandomSolarize(threshold, p=1.0), {"threshold": (0, 255, 5, 128)}),
+    "RandomAdjustSharpness": (lambda sharpness_factor: v2.RandomAdjustSharpness(sharpness_factor, p=1.0),
+                              {"sharpness_factor": (0.0, 10.0, 0.5, 4.0)}),
+    "GaussianBlur": (lambda sigma: v2.GaussianBlur(kernel_size=2 * int(3 * sigma) + 1, sigma=sigma),
+                     {"sigma": (0.5, 8.0, 0.5, 2.0)}),
+    "RandomErasing": (lambda max_area: v2.Compose([v2.ToDtype(torch.float32, scale=True),
+                                                   v2.RandomErasing(p=1.0, scale=(0.02, max_area), value=0),
+                                                   v2.ToDtype(torch.uint8, scale=True)]),
+                      {"max_area": (0.02, 0.5, 0.02, 0.2)}),
+    "AutoAugment": (lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET), {}),
+    "RandAugment": (lambda num_ops, magnitude: v2.RandAugment(num_ops=int(num_ops), magnitude=int(magnitude)),
+                    {"num_ops": (1, 5, 1, 2), "magnitude": (0, 30, 1, 9)}),
+    "TrivialAugmentWide": (lambda: v2.TrivialAugmentWide(), {}),
+    "AugMix": (lambda severity: v2.AugMix(severity=int(severity)), {"severity": (1, 10, 1, 3)}),
+}
+
+
+class AugmentationExplorer:
+    """Try torchvision ``transforms.v2`` augmentations on real photos, with sliders for their parameters.
+
+    Args:
+        images: name -> uint8 image tensor (C, H, W), C = 3; by default a few photos from
+            ``cvlab.data.sample_photos()``, centre-cropped to 224x224.
+
+    The logic is ``apply(image, transform, seed, **params)``; ``widget()`` wires it to controls.
+
+    Raises:
+        ValueError: an image that is not a uint8 (3, H, W) tensor.
+    """
+
+    def __init__(self, images: dict[str, torch.Tensor] | None = None):
+        if images is None:
+            from .data import read_photo, sample_photos
+            square = v2.Compose([v2.Resize(224, antialias=True), v2.CenterCrop(224)])
+            images = {n: square(read_photo(n)) for n in ("chelsea", "astronaut", "coffee", "rocket") if n in sample_photos()}
+        for name, img in images.items():
+            if not isinstance(img, torch.Tensor) or img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
+                raise ValueError(f"image {name!r} must be a uint8 tensor shaped (3, H, W)")
+        self.images = dict(images)
+
+    @staticmethod
+    def parameters(transform: str) -> dict[str, tuple]:
+        """The parameters of ``transform``: name -> (min, max, step, default)."""
+        if transform not in AUGMENTATION_SPECS:
+            raise ValueError(f"unknown transform {transform!r}; choose one of {sorted(AUGMENTATION_SPECS)}")
+        return dict(AUGMENTATION_SPECS[transform][1])
+
+    def apply(self, image: str, transform: str, seed: int = 0, **params) -> torch.Tensor:
+        """The image after the transform, with the given parameters (missing ones take their default).
+
+        Returns:
+            uint8 (3, H', W') tensor; the same seed and parameters give the same result.
+
+        Raises:
+            ValueError: an unknown image, transform or parameter, or a value outside its range.
+        """
+        if image not in self.images:
+            raise ValueError(f"unknown image {image!r}; choose one of {sorted(self.images)}")
+        spec = self.parameters(transform)
+        unknown = sorted(set(params) - set(spec))
+        if unknown:
+            raise ValueError(f"{transform} has no parameter {unknown[0]!r}; its parameters: {sorted(spec) or 'none'}")
+        values = {}
+        for name, (lo, hi, _, default) in spec.items():
+            value = params.get(name, default)
+            if not lo <= value <= hi:
+                raise ValueError(f"{transform}: {name} must be in [{lo}, {hi}], got {value}")
+            values[name] = value
+        torch.manual_seed(seed)
+        return AUGMENTATION_SPECS[transform][0](**values)(self.images[image])
+
+    def figure(self, image: str, transform: str, seed: int = 0, **params):
+        """Original and transformed image side by side; returns the Figure."""
+        out = self.apply(image, transform, seed, **params)
+        fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.3))
+        for ax, img, title in ((axes[0], self.images[image], f"{image} ({self.images[image].shape[2]}x{self.images[image].shape[1]} px)"),
+                               (axes[1], out, f"{transform}" + ("\n" + ", ".join(f"{k}={v}" for k, v in params.items()) if params else ""))):
+            ax.imshow(img.permute(1, 2, 0).numpy())
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+        fig.tight_layout()
+        return fig
+
+    def widget(self):
+        """Dropdowns for the image and the transform, a seed slider, one slider per parameter."""
+        import ipywidgets as w
+        from IPython.display import display
+
+        image = w.Dropdown(options=sorted(self.images), description="image")
+        transform = w.Dropdown(options=list(AUGMENTATION_SPECS), value="RandomRotation", description="transform")
+        seed = w.IntSlider(min=0, max=20, value=0, description="seed")
+        sliders = w.VBox()
+        out = w.Output()
+
+        def redraw(*_):
+            params = {s.description: s.value for s in sliders.children}
+            with out:
+                out.clear_output(wait=True)
+                fig = self.figure(image.value, transform.value, seed.value, **params)
+                display(fig)
+                plt.close(fig)
+
+        def rebuild(*_):
+            made = []
+            for name, (lo, hi, step, default) in self.parameters(transform.value).items():
+                cls = w.IntSlider if all(isinstance(v, int) for v in (lo, hi, step, default)) else w.FloatSlider
+                slider = cls(min=lo, max=hi, step=step, value=default, description=name, continuous_update=False)
+                slider.observe(redraw, names="value")
+                made.append(slider)
+            sliders.children = made
+            redraw()
+
+        for control in (image, seed):
+            control.observe(redraw, names="value")
+        transform.observe(rebuild, names="value")
+        rebuild()
+        return w.VBox([w.HBox([image, transform, seed]), sliders, out])

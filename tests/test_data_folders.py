@@ -96,3 +96,30 @@ def test_in_memory_loader_with_sampler(toy_data):
     assert len(loader) == 4 and sum(len(y) for _, y in loader) == 64
     with pytest.raises(ValueError, match="not both"):
         D.InMemoryLoader(images, labels, 16, shuffle=True, sampler=sampler)
+
+
+def test_image_folder_pickles_for_spawned_workers(folder):
+    """Windows and macOS start DataLoader workers with "spawn": the dataset must pickle."""
+    import pickle
+    root, _, _ = folder
+    ds = pickle.loads(pickle.dumps(D.image_folder(root, mode="GRAY")))
+    assert ds[0][0].mode == "L"
+
+
+def test_seed_worker_makes_workers_repeat(folder):
+    from torch.utils.data import DataLoader
+    import random
+    root, _, _ = folder
+
+    class Jitter:
+        def __call__(self, img):
+            return torch.tensor([random.random(), float(np.random.rand())])
+
+    runs = []
+    for _ in range(2):
+        ds = D.image_folder(root, transform=Jitter())
+        loader = DataLoader(ds, batch_size=5, num_workers=2, worker_init_fn=D.seed_worker,
+                            generator=torch.Generator().manual_seed(7))
+        runs.append(torch.cat([x for x, _ in loader]))
+    assert torch.equal(runs[0], runs[1])
+    assert len(set(runs[0][:, 0].tolist())) == len(runs[0])  # no two samples drew the same number

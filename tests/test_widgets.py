@@ -47,3 +47,50 @@ def test_figure_and_widget_wiring(browser):
     dropdown.value = "bright"
     assert slider.max == len(b.indices("bright")) - 1 and slider.value == 0
     slider.value = 3  # redraws without error
+
+
+from cvlab.widgets import AUGMENTATION_SPECS, AugmentationExplorer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    return AugmentationExplorer()
+
+
+@pytest.mark.parametrize("name", list(AUGMENTATION_SPECS))
+def test_every_augmentation_applies_with_its_defaults(explorer, name):
+    out = explorer.apply("chelsea", name, seed=1)
+    assert out.dtype == torch.uint8 and out.shape[0] == 3
+    assert torch.equal(out, explorer.apply("chelsea", name, seed=1))  # same seed, same result
+
+
+def test_parameters_change_the_result(explorer):
+    a = explorer.apply("chelsea", "RandomRotation", degrees=10.0)
+    b = explorer.apply("chelsea", "RandomRotation", degrees=90.0)
+    assert not torch.equal(a, b)
+    flipped = explorer.apply("chelsea", "HorizontalFlip")
+    assert torch.equal(flipped, explorer.images["chelsea"].flip(-1))
+
+
+def test_explorer_errors(explorer):
+    with pytest.raises(ValueError, match="unknown transform"):
+        explorer.apply("chelsea", "Mixup")
+    with pytest.raises(ValueError, match="unknown image"):
+        explorer.apply("dog", "Grayscale")
+    with pytest.raises(ValueError, match="no parameter 'angle'"):
+        explorer.apply("chelsea", "RandomRotation", angle=3)
+    with pytest.raises(ValueError, match=r"bits must be in \[1, 8\]"):
+        explorer.apply("chelsea", "RandomPosterize", bits=12)
+    with pytest.raises(ValueError, match="uint8"):
+        AugmentationExplorer({"x": torch.rand(3, 4, 4)})
+
+
+def test_explorer_widget_wiring(explorer):
+    ui = explorer.widget()
+    image, transform, seed = ui.children[0].children
+    sliders = ui.children[1]
+    assert [s.description for s in sliders.children] == ["degrees"]
+    transform.value = "ColorJitter"
+    assert [s.description for s in sliders.children] == ["brightness", "contrast", "saturation", "hue"]
+    sliders.children[0].value = 0.8  # redraws without error
+    assert isinstance(explorer.figure("coffee", "RandomPosterize", bits=2), Figure)
