@@ -230,7 +230,7 @@ class AugmentationExplorer:
     def figure(self, image: str, transform: str, seed: int = 0, **params):
         """Original and transformed image side by side; returns the Figure."""
         out = self.apply(image, transform, seed, **params)
-        fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.3))
+        fig, axes = plt.subplots(1, 2, figsize=(5.0, 2.6))
         for ax, img, title in ((axes[0], self.images[image], f"{image} ({self.images[image].shape[2]}x{self.images[image].shape[1]} px)"),
                                (axes[1], out, f"{transform}" + ("\n" + ", ".join(f"{k}={v}" for k, v in params.items()) if params else ""))):
             ax.imshow(img.permute(1, 2, 0).numpy())
