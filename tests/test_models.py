@@ -62,3 +62,11 @@ def test_load_model_unknown_arch(tmp_path):
     path = save_checkpoint(tmp_path / "x.pt", Mystery())
     with pytest.raises(CheckpointError, match="does not build"):
         M.load_model(path)
+
+
+def test_compact_cnn_without_batch_norm():
+    plain = M.CompactCNN(batch_norm=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    assert plain(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    # same architecture otherwise: conv biases replace the BatchNorm shifts and scales
+    assert M.count_parameters(plain) == 29_178 - 2 * (16 + 32 + 64) + (16 + 32 + 64)
