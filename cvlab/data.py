@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import os
 import shutil
 import subprocess
@@ -32,6 +31,8 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
+
+from .utils import sha256_file
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -106,14 +107,6 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path.cwd() / "data"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _raw_folder(root: Path) -> Path:
     return root / "FashionMNIST" / "raw"
 
@@ -133,7 +126,7 @@ def _verify_files(raw: Path, names: list[str]) -> None:
         key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
         if _verified.get(key):
             continue
-        digest = _sha256(p)
+        digest = sha256_file(p)
         if digest != FASHION_MNIST_SHA256[n]:
             raise CorruptDatasetError(
                 f"{p} is corrupt or truncated: its sha256 is {digest[:12]}…, expected "

@@ -13,7 +13,6 @@ and a ReLU on the logits would clip every negative score to 0 and hurt accuracy.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .utils import CheckpointError, load_checkpoint
+from .utils import CheckpointError, load_checkpoint, sha256_file
 
 __all__ = ["CompactCNN", "LinearModel", "MLP", "OFFLINE_WEIGHTS", "TinyVGG", "build_model", "count_parameters",
            "load_model", "MODELS", "PretrainedWeightsError", "prepare_pretrained_weights", "pretrained"]
@@ -216,14 +215,6 @@ def _hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _packaged_file(package: str, inner: str) -> Path | None:
     """The file inside an installed package, found without importing the package."""
     spec = importlib.util.find_spec(package)
@@ -250,7 +241,7 @@ def prepare_pretrained_weights(verbose: bool = True) -> list[Path]:
     placed = []
     for name, (sha, package, inner) in OFFLINE_WEIGHTS.items():
         target = _hub_checkpoints() / name
-        if target.is_file() and _file_sha256(target) == sha:
+        if target.is_file() and sha256_file(target) == sha:
             say(f"weights: {name} in place in {target.parent} (sha256 checked)")
             placed.append(target)
             continue
@@ -259,7 +250,7 @@ def prepare_pretrained_weights(verbose: bool = True) -> list[Path]:
             say(f"weights: {name} not in place and {package} is not installed ({OFFLINE_WEIGHTS_PIP}); "
                 "torchvision will download it on first use when online")
             continue
-        if _file_sha256(source) != sha:
+        if sha256_file(source) != sha:
             raise PretrainedWeightsError(f"{source} has the wrong sha256 (expected {sha[:12]}…): reinstall it with "
                                          f"{OFFLINE_WEIGHTS_PIP} --force-reinstall")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +307,7 @@ def pretrained(name: str = "mobilenet_v2", weights: str | None = None, *, allow_
         path = _weights_file(w)
         known = OFFLINE_WEIGHTS.get(path.name)
         if path.is_file():
-            if known and _file_sha256(path) != known[0]:
+            if known and sha256_file(path) != known[0]:
                 raise PretrainedWeightsError(
                     f"{path} is corrupt (its sha256 is not torchvision's): delete it and run `python course.py setup` "
                     f"(offline, from {known[1]}) or let torchvision download it again")

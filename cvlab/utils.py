@@ -8,6 +8,7 @@ loading a file runs no pickled code.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import tempfile
@@ -19,6 +20,7 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "sha256_file",
     "get_device",
     "key_result",
     "load_checkpoint",
@@ -74,6 +76,15 @@ def get_device(prefer: str | None = None) -> torch.device:
     if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes as 64 hex digits, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def key_result(text: str) -> None:

@@ -6,6 +6,7 @@ import torch
 
 from cvlab import models as M
 from cvlab.data import read_photo
+from cvlab.utils import sha256_file
 
 WEIGHTS = "mobilenet_v2-b0353104.pth"
 
@@ -22,7 +23,7 @@ def hub_dir(tmp_path):
 def test_setup_placed_the_weights_with_the_right_hash():
     placed = M.prepare_pretrained_weights(verbose=False)
     assert [p.name for p in placed] == [WEIGHTS]
-    assert M._file_sha256(placed[0]).startswith("b0353104")
+    assert sha256_file(placed[0]).startswith("b0353104")
 
 
 def test_offline_imagenet_predictions_on_real_photos():

@@ -97,3 +97,9 @@ def test_unloadable_entries_are_refused_before_writing(tmp_path):
     with pytest.raises(TypeError, match=r"checkpoint\['epoch'\] is a numpy"):
         U.save_checkpoint(tmp_path / "m.pt", LinearModel(), epoch=np.int64(3))
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_sha256_file(tmp_path):
+    import hashlib
+    (tmp_path / "f").write_bytes(b"cvlab" * 300_000)
+    assert U.sha256_file(tmp_path / "f") == hashlib.sha256(b"cvlab" * 300_000).hexdigest()
