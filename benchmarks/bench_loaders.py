@@ -72,7 +72,6 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["model_0", "TinyVGG"])
     args = parser.parse_args()
     device = get_device()
-    torch.set_num_threads(torch.get_num_threads())
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, data in {data_root()}")
     print(f"{EPOCHS} epochs, batch {BATCH_SIZE}, Adam lr {LR}, seed {SEED}\n")
     print(f"{'model':10s} {'run':>3s} {'anchor loop s':>14s} {'acc %':>7s}  {'cvlab.fit':18s} {'s':>6s} {'acc %':>7s} {'speed-up':>9s}")

@@ -26,7 +26,7 @@ from torch import nn
 from cvlab.data import fashion_mnist_loaders
 from cvlab.models import CompactCNN, count_parameters
 from cvlab.training import eval_step, train_step
-from cvlab.utils import get_device, set_seed
+from cvlab.utils import cpu_has_bf16, get_device, set_seed
 
 THRESHOLDS = (90.0, 92.0, 93.0)
 
@@ -35,15 +35,6 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Flip each image of a (B, C, H, W) batch left-right with probability 0.5."""
     flip = torch.rand(len(x), generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
-
-
-def cpu_has_bf16() -> bool:
-    """True when /proc/cpuinfo lists bfloat16 instructions (Linux); False elsewhere."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def run(args, device: torch.device) -> dict:

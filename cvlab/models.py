@@ -318,7 +318,6 @@ def pretrained(name: str = "mobilenet_v2", weights: str | None = None, *, allow_
                 return tvm.get_model(name, weights=w).eval(), w
             except Exception as exc:  # no network, or a server error
                 tried.append(f"{w} (download failed: {type(exc).__name__})")
-                path.unlink(missing_ok=True) if path.is_file() and path.stat().st_size == 0 else None
                 continue
         tried.append(f"{w} (not cached)")
     raise PretrainedWeightsError(

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .utils import CheckpointError, get_device, save_checkpoint, set_seed
+from .utils import CheckpointError, get_device, load_checkpoint, save_checkpoint, set_seed
 
 __all__ = ["FocalLoss", "History", "eval_step", "fit", "train_step"]
 
@@ -375,7 +375,6 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
     info = dict(checkpoint_info or {})
 
     if resume_from is not None:
-        from .utils import load_checkpoint
         state = load_checkpoint(resume_from, model, arch=info.get("arch"), map_location=device)
         if "optimizer" not in state or "epoch" not in state:
             raise CheckpointError(f"{resume_from} holds weights only, not a training state; resume from "
@@ -389,8 +388,6 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
         best_score, stale = state.get("best_score", -math.inf), state.get("stale_epochs", 0)
         _set_rng_state(state["rng"], train_loader)
         start = int(state["epoch"]) + 1
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
 
     try:
         total = (epochs - start + 1) * len(train_loader)  # type: ignore[arg-type]

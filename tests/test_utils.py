@@ -103,3 +103,25 @@ def test_sha256_file(tmp_path):
     import hashlib
     (tmp_path / "f").write_bytes(b"cvlab" * 300_000)
     assert U.sha256_file(tmp_path / "f") == hashlib.sha256(b"cvlab" * 300_000).hexdigest()
+
+
+def test_cpu_has_bf16_reads_cpuinfo(monkeypatch):
+    import builtins
+    real_open = builtins.open
+
+    def fake(text):
+        def opener(path, *a, **k):
+            if path == "/proc/cpuinfo":
+                if text is None:
+                    raise OSError("no such file")
+                import io
+                return io.StringIO(text)
+            return real_open(path, *a, **k)
+        return opener
+
+    monkeypatch.setattr(builtins, "open", fake("flags : fpu avx2 amx_bf16 amx_tile"))
+    assert U.cpu_has_bf16() is True
+    monkeypatch.setattr(builtins, "open", fake("flags : fpu avx2"))
+    assert U.cpu_has_bf16() is False
+    monkeypatch.setattr(builtins, "open", fake(None))
+    assert U.cpu_has_bf16() is False
