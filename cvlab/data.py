@@ -276,11 +276,12 @@ class InMemoryLoader:
 
     Iterating yields ``(x, y)`` with ``x`` float32 (B, C, H, W) in [0, 1] (converted from uint8
     a batch at a time, exactly as ``v2.ToDtype(torch.float32, scale=True)`` does per image) and
-    ``y`` int64 (B,). ``len(loader)`` is the number of batches, ``len(loader.dataset)`` the number
+    ``y`` int64 (B,). Float inputs, such as preprocessed images or features cached from a frozen
+    backbone (``cvlab.models.extract_features``), are batched as they are. ``len(loader)`` is the number of batches, ``len(loader.dataset)`` the number
     of samples, as with a DataLoader.
 
     Args:
-        images: uint8 (N, C, H, W) tensor in [0, 255].
+        images: uint8 (N, C, H, W) tensor in [0, 255], or a floating-point (N, ...) tensor.
         labels: integer (N,) tensor of class indices.
         batch_size: samples per batch (the last batch may be smaller unless ``drop_last``).
         shuffle: a new random order every epoch, drawn from the loader's own generator.
@@ -298,9 +299,10 @@ class InMemoryLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 32, *,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  device: str | torch.device | None = None, sampler: torch.utils.data.Sampler | None = None):
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+        is_float = isinstance(images, torch.Tensor) and images.is_floating_point() and images.ndim >= 1
+        if not is_float and (not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4):
             got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-            raise TypeError(f"images must be a uint8 tensor shaped (N, C, H, W), got {got}; "
+            raise TypeError(f"images must be a uint8 tensor shaped (N, C, H, W) or a float tensor (N, ...), got {got}; "
                             "use cvlab.data.fashion_mnist_tensors() or add a channel axis with .unsqueeze(1)")
         if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.dtype.is_floating_point:
             raise TypeError("labels must be a 1-D integer tensor of class indices")
@@ -334,7 +336,7 @@ class InMemoryLoader:
             x, y = self.images[idx], self.labels[idx]
             if self.device is not None:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            yield to_float_images(x), y
+            yield (x if x.is_floating_point() else to_float_images(x)), y
 
 
 def seed_worker(worker_id: int) -> None:

@@ -13,8 +13,8 @@ from typing import Sequence
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["AUGMENTATIONS", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "IMAGENET_MEAN", "IMAGENET_STD",
-           "denormalize", "eval_transforms", "train_transforms"]
+__all__ = ["AUGMENTATIONS", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "IMAGENET_MEAN", "IMAGENET_STD", "ToRGB",
+           "denormalize", "eval_transforms", "pretrained_transforms", "to_rgb", "train_transforms"]
 
 #: mean and standard deviation of Fashion-MNIST's training pixels in [0, 1] (computed in lesson 03)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
@@ -117,3 +117,89 @@ def denormalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Seq
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x * s + m).clamp(0, 1)
+
+
+def to_rgb(image):
+    """Any photo as 3-channel RGB, as ImageNet-pretrained models expect.
+
+    Grayscale is repeated into three channels; an alpha channel is composited over white (a
+    transparent pixel becomes white, not the black that dropping alpha often gives).
+
+    Args:
+        image: a PIL image of any mode (L, LA, P, RGBA, CMYK, I;16, ...), or a uint8 or float
+            tensor (C, H, W) / (B, C, H, W) with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or
+            4 (RGBA), or (H, W) (gray). Float values are taken to be in [0, 1].
+
+    Returns:
+        the same kind: a PIL image in mode "RGB", or a tensor of the same dtype with C = 3
+        ((3, H, W) for a (H, W) input).
+
+    Raises:
+        TypeError: neither a PIL image nor a tensor.
+        ValueError: a tensor whose channel axis (-3) is not 1-4 long.
+    """
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        if image.mode == "RGB":
+            return image
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: scale to 8 bits, not clip
+            import numpy as np
+            arr = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) // 257
+            image = Image.fromarray(arr.astype(np.uint8), mode="L")
+        if "A" in image.getbands() or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"expected a PIL image or a tensor (C, H, W), got {type(image).__name__}")
+    x = image[None] if image.ndim == 2 else image
+    c = x.shape[-3] if x.ndim >= 3 else 0
+    if x.ndim > 4 or c not in (1, 2, 3, 4):
+        raise ValueError(f"expected an image tensor (C, H, W) or (B, C, H, W) with 1-4 channels in axis -3, got "
+                         f"shape {tuple(image.shape)}; a (H, W, C) array from NumPy/PIL needs .permute(2, 0, 1)")
+    if c == 3:
+        return x
+    if c == 1:
+        return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).clone()
+    color, alpha = x.narrow(-3, 0, c - 1), x.narrow(-3, c - 1, 1)
+    white = 255.0 if x.dtype == torch.uint8 else 1.0
+    a = alpha.float() / white
+    out = color.float() * a + white * (1 - a)
+    out = out.expand(*out.shape[:-3], 3, *out.shape[-2:])
+    return out.round().to(torch.uint8) if x.dtype == torch.uint8 else out.to(x.dtype).contiguous()
+
+
+class ToRGB:
+    """A transform: ``to_rgb`` as a step in ``v2.Compose`` (picklable, so DataLoader workers can use it)."""
+
+    def __call__(self, image):
+        return to_rgb(image)
+
+    def __repr__(self) -> str:
+        return "ToRGB()"
+
+
+def pretrained_transforms(weights, **kwargs) -> v2.Compose:
+    """The preprocessing a pretrained model expects, for photos of any mode.
+
+    ``ToRGB()`` followed by ``weights.transforms(**kwargs)`` (torchvision's own resize, centre
+    crop, scale to [0, 1] and normalisation with the weights' ImageNet mean and std).
+
+    Args:
+        weights: a torchvision weights enum member, e.g. ``MobileNet_V2_Weights.IMAGENET1K_V1``.
+        **kwargs: passed to ``weights.transforms``, e.g. ``crop_size=96, resize_size=96``
+            (pixels) for small, fast inputs.
+
+    Returns:
+        a callable: PIL image or uint8/float tensor (C, H, W) / (B, C, H, W) with C = 1-4 ->
+        float32 (3, crop, crop) / (B, 3, crop, crop), normalised.
+
+    Raises:
+        TypeError: ``weights`` is not a torchvision weights enum member.
+    """
+    if not callable(getattr(weights, "transforms", None)) or not hasattr(weights, "meta"):
+        raise TypeError(f"weights must be a torchvision weights enum member (e.g. MobileNet_V2_Weights.IMAGENET1K_V1), "
+                        f"got {weights!r}; cvlab.models.pretrained returns one")
+    return v2.Compose([ToRGB(), weights.transforms(**kwargs)])

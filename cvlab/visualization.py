@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-__all__ = ["images_to_numpy", "plot_confusion_matrix", "plot_history", "plot_model_comparison",
-           "plot_predictions", "show_images"]
+__all__ = ["images_to_numpy", "overlay_heatmap", "plot_confusion_matrix", "plot_heatmaps", "plot_history",
+           "plot_model_comparison", "plot_predictions", "show_images"]
 
 
 def images_to_numpy(images, normalize: bool = False) -> np.ndarray:
@@ -243,4 +243,78 @@ def plot_model_comparison(results: Sequence[dict], *, metric: str = "test_acc",
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def overlay_heatmap(image, heatmap, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """A heat map blended over an image, as pytorch-grad-cam's ``show_cam_on_image`` does.
+
+    Args:
+        image: one image, (C, H, W) or (H, W), uint8 or float in [0, 1] (see the module
+            docstring; undo ``Normalize`` first with ``cvlab.transforms.denormalize``).
+        heatmap: (h, w) tensor or array in [0, 1] (a Grad-CAM, saliency or scaled occlusion
+            map); resized to the image's H x W (bilinear) if it differs.
+        alpha: weight of the heat map, in [0, 1].
+        cmap: a matplotlib colormap name.
+
+    Returns:
+        float array (H, W, 3) in [0, 1]: ``(1 - alpha) * image + alpha * cmap(heatmap)``.
+
+    Raises:
+        ValueError: a heat map that is not 2-D or has values outside [0, 1] (scale it, e.g.
+            ``(m - m.min()) / (m.max() - m.min())``), or an ``alpha`` outside [0, 1].
+    """
+    arr = images_to_numpy(image)
+    if len(arr) != 1:
+        raise ValueError(f"give one image, got a batch of {len(arr)}")
+    img = arr[0]
+    img = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
+    hm = torch.as_tensor(np.asarray(heatmap.detach().cpu() if isinstance(heatmap, torch.Tensor) else heatmap),
+                         dtype=torch.float32)
+    if hm.ndim != 2:
+        raise ValueError(f"heatmap must be 2-D (h, w), got shape {tuple(hm.shape)}; take one map of a batch, maps[0]")
+    if hm.numel() and (float(hm.min()) < -1e-6 or float(hm.max()) > 1 + 1e-6):
+        raise ValueError(f"heatmap values must be in [0, 1], got [{float(hm.min()):.3g}, {float(hm.max()):.3g}]; "
+                         "scale it first, e.g. (m - m.min()) / (m.max() - m.min())")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if tuple(hm.shape) != img.shape[:2]:
+        hm = torch.nn.functional.interpolate(hm[None, None], size=img.shape[:2], mode="bilinear",
+                                             align_corners=False)[0, 0].clamp(0, 1)
+    colored = plt.get_cmap(cmap)(hm.numpy())[..., :3]
+    return ((1 - alpha) * img + alpha * colored).astype(np.float32)
+
+
+def plot_heatmaps(image, heatmaps: dict, *, alpha: float = 0.5, cmap: str = "jet", title: str | None = None,
+                  size: float = 2.6, colorbar_label: str = "relevance (0 = none, 1 = most)") -> Figure:
+    """The image, then one overlay per heat map, titled, with a shared colour bar.
+
+    Args:
+        image: as ``overlay_heatmap``.
+        heatmaps: title -> (h, w) map in [0, 1], e.g. {"Grad-CAM: tabby (54 %)": cam[0]}.
+        alpha, cmap: as ``overlay_heatmap``.
+        title: the figure's title.
+        size: inches per panel.
+        colorbar_label: what the colours mean (with units).
+
+    Raises:
+        ValueError: no heat maps, or as ``overlay_heatmap``.
+    """
+    if not heatmaps:
+        raise ValueError("give at least one heat map: {title: map}")
+    n = len(heatmaps) + 1
+    fig, axes = plt.subplots(1, n, figsize=(size * n + 0.6, size + 0.5), squeeze=False)
+    axes = axes[0]
+    img = images_to_numpy(image)[0]
+    axes[0].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title(f"image ({img.shape[1]}x{img.shape[0]} px)", fontsize=8)
+    for ax, (name, hm) in zip(axes[1:], heatmaps.items()):
+        ax.imshow(overlay_heatmap(image, hm, alpha=alpha, cmap=cmap))
+        ax.set_title(name, fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    mappable = plt.cm.ScalarMappable(norm=plt.Normalize(0, 1), cmap=cmap)
+    fig.colorbar(mappable, ax=list(axes), fraction=0.02, pad=0.01, label=colorbar_label)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig

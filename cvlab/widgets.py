@@ -14,7 +14,7 @@ from torchvision.transforms import v2
 from .data import to_float_images
 from .visualization import images_to_numpy
 
-__all__ = ["AUGMENTATION_SPECS", "AugmentationExplorer", "PredictionBrowser"]
+__all__ = ["AUGMENTATION_SPECS", "AugmentationExplorer", "GradCAMExplorer", "PredictionBrowser"]
 
 
 class PredictionBrowser:
@@ -273,3 +273,137 @@ class AugmentationExplorer:
         transform.observe(rebuild, names="value")
         rebuild()
         return w.VBox([w.HBox([image, transform, seed]), sliders, out])
+
+
+class GradCAMExplorer:
+    """Where does the model look? Choose an image, a target class and a layer; see the Grad-CAM map.
+
+    Args:
+        model: a classifier returning logits (B, num_classes).
+        inputs: image name -> one preprocessed input, float (C, H, W), as the model takes it
+            (e.g. ``pretrained_transforms(weights)(read_photo("chelsea"))``).
+        class_names: one name per class (``weights.meta["categories"]`` for ImageNet).
+        layers: names of layers to choose from (``model.named_modules()``), e.g.
+            ["features.18", "features.14", "features.7"]; the first is the default.
+        mean, std: the normalisation of ``inputs``, undone for display (ImageNet's by default).
+        top_k: how many of the most probable classes the class menu offers.
+
+    The logic is ``classes(image)``, ``heatmap(image, target, layer)`` and ``figure(...)``;
+    ``widget()`` wires it to three dropdowns. Maps are computed with ``cvlab.interpretation.GradCAM``
+    and kept, so going back to a choice is instant.
+
+    Raises:
+        ValueError: no inputs, an input that is not a float (C, H, W) tensor, no layers, a
+            layer name the model does not have (nearest names listed), or a bad ``top_k``.
+    """
+
+    def __init__(self, model: nn.Module, inputs: dict[str, torch.Tensor], class_names: Sequence[str],
+                 layers: Sequence[str], *, mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 std: Sequence[float] = (0.229, 0.224, 0.225), top_k: int = 5):
+        from .interpretation import find_layer
+
+        if not inputs:
+            raise ValueError("give at least one input image: {name: preprocessed (C, H, W) tensor}")
+        for name, x in inputs.items():
+            if not isinstance(x, torch.Tensor) or x.ndim != 3 or not x.is_floating_point():
+                raise ValueError(f"input {name!r} must be one preprocessed float tensor (C, H, W), got "
+                                 f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if not layers:
+            raise ValueError("give at least one layer name, e.g. the last convolutional block")
+        for layer in layers:
+            find_layer(model, layer)
+        if not 1 <= top_k <= len(class_names):
+            raise ValueError(f"top_k must be in 1..{len(class_names)}, got {top_k}")
+        self.model = model.eval()
+        self.inputs = dict(inputs)
+        self.class_names = list(class_names)
+        self.layers = list(layers)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.top_k = top_k
+        self._maps: dict[tuple[str, int, str], torch.Tensor] = {}
+
+    def _input(self, image: str) -> torch.Tensor:
+        if image not in self.inputs:
+            raise ValueError(f"unknown image {image!r}; choose one of {sorted(self.inputs)}")
+        return self.inputs[image]
+
+    @torch.inference_mode()
+    def classes(self, image: str) -> list[tuple[int, str, float]]:
+        """The ``top_k`` most probable classes: ``(class index, name, probability in %)``, best first."""
+        probs = self.model(self._input(image)[None]).softmax(1)[0]
+        top = probs.topk(self.top_k)
+        return [(int(i), self.class_names[int(i)], 100 * float(p)) for p, i in zip(top.values, top.indices)]
+
+    def heatmap(self, image: str, target: int | None = None, layer: str | None = None) -> torch.Tensor:
+        """Grad-CAM map for ``image``, class ``target`` (None: the predicted one) at ``layer``
+        (None: the first of ``layers``).
+
+        Returns:
+            float32 (H, W) in [0, 1], the input's size.
+
+        Raises:
+            ValueError: an unknown image, a layer not offered, or a class out of range.
+        """
+        from .interpretation import GradCAM
+
+        x = self._input(image)
+        layer = self.layers[0] if layer is None else layer
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer!r} is not offered; choose one of {self.layers}")
+        target = self.classes(image)[0][0] if target is None else int(target)
+        if not 0 <= target < len(self.class_names):
+            raise ValueError(f"target must be a class index in 0..{len(self.class_names) - 1}, got {target}")
+        key = (image, target, layer)
+        if key not in self._maps:
+            with GradCAM(self.model, layer) as cam:
+                self._maps[key] = cam(x[None], target)[0]
+        return self._maps[key]
+
+    def figure(self, image: str, target: int | None = None, layer: str | None = None):
+        """The image and its Grad-CAM overlay for the class and layer; returns the Figure."""
+        from .transforms import denormalize
+        from .visualization import plot_heatmaps
+
+        probs = {i: p for i, _, p in self.classes(image)}
+        cam = self.heatmap(image, target, layer)
+        target = self.classes(image)[0][0] if target is None else int(target)
+        layer = self.layers[0] if layer is None else layer
+        shown = denormalize(self._input(image), self.mean, self.std)
+        p = f" ({probs[target]:.1f}%)" if target in probs else ""
+        return plot_heatmaps(shown, {f"Grad-CAM at {layer}\nclass: {self.class_names[target]}{p}": cam},
+                             title=f"{image}: where the model looks for the class", size=2.8)
+
+    def widget(self):
+        """Dropdowns for the image, the target class (its top-k) and the layer, and the figure."""
+        import ipywidgets as w
+        from IPython.display import display
+
+        image = w.Dropdown(options=sorted(self.inputs), description="image")
+        target = w.Dropdown(description="class")
+        layer = w.Dropdown(options=self.layers, value=self.layers[0], description="layer")
+        out = w.Output()
+
+        updating = []  # non-empty while the class menu is refilled: one redraw, not one per change
+
+        def redraw(*_):
+            if updating or target.value is None:
+                return
+            with out:
+                out.clear_output(wait=True)
+                fig = self.figure(image.value, target.value, layer.value)
+                display(fig)
+                plt.close(fig)
+
+        def new_image(*_):
+            updating.append(True)
+            options = [(f"{name} ({p:.1f}%)", i) for i, name, p in self.classes(image.value)]
+            target.options = options
+            target.value = options[0][1]
+            updating.clear()
+            redraw()
+
+        image.observe(new_image, names="value")
+        for control in (target, layer):
+            control.observe(redraw, names="value")
+        new_image()
+        return w.VBox([w.HBox([image, target, layer]), out])

@@ -149,10 +149,19 @@ def test_in_memory_loader_shuffling(toy_data):
     assert sizes == [32] * 6 + [8]
 
 
+def test_in_memory_loader_passes_float_inputs_through(toy_data):
+    """Features cached from a frozen backbone are float (N, D): batched as they are, not rescaled."""
+    images, labels = toy_data
+    features = images.flatten(1).float() * 3.0
+    batches = list(D.InMemoryLoader(features, labels, 64))
+    assert torch.equal(torch.cat([x for x, _ in batches]), features)
+    assert torch.equal(torch.cat([y for _, y in batches]), labels)
+
+
 def test_in_memory_loader_bad_input(toy_data):
     images, labels = toy_data
     with pytest.raises(TypeError, match="uint8"):
-        D.InMemoryLoader(images.float(), labels)
+        D.InMemoryLoader(images.int(), labels)
     with pytest.raises(TypeError, match="unsqueeze"):
         D.InMemoryLoader(images[:, 0], labels)
     with pytest.raises(ValueError, match="200 images but 199 labels"):

@@ -67,3 +67,70 @@ def test_unknown_layer_lists_near_matches(mobilenet):
     model, _ = mobilenet
     with pytest.raises(ValueError, match="nearest: .*features.18"):
         GradCAM(model, "features.81")
+
+
+# --- saliency, occlusion and the sanity check -----------------------------------------------------
+from cvlab.interpretation import occlusion, randomize_layers, saliency  # noqa: E402
+
+
+class TopLeftModel(torch.nn.Module):
+    """Class 0's logit is the mean of the top-left 8x8 pixels; class 1's is minus that."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(4.0))
+
+    def forward(self, x):
+        s = self.scale * x[:, :, :8, :8].mean(dim=(1, 2, 3))
+        return torch.stack([s, -s], dim=1)
+
+
+def test_saliency_is_where_the_score_depends_on_the_pixels():
+    x = torch.rand(2, 3, 16, 16)
+    maps = saliency(TopLeftModel(), x, 0)
+    assert maps.shape == (2, 16, 16) and maps.dtype == torch.float32
+    assert bool((maps[:, :8, :8] == 1).all()) and bool((maps[:, 8:, :] == 0).all()) and bool((maps[:, :, 8:] == 0).all())
+    with pytest.raises(ValueError, match="class.*\\[0, 1\\]"):
+        saliency(TopLeftModel(), x, 5)
+    with pytest.raises(ValueError, match="x\\[None\\]"):
+        saliency(TopLeftModel(), x[0])
+
+
+def test_occlusion_drops_probability_only_where_the_model_looks():
+    x = torch.ones(1, 3, 16, 16)  # class 0 is sure: logits (4, -4)
+    drop = occlusion(TopLeftModel(), x, 0, patch=4, stride=4, baseline=0.0)
+    p0 = torch.softmax(torch.tensor([4.0, -4.0]), 0)[0]
+    p_occluded = torch.softmax(torch.tensor([4.0 * 0.75, -4.0 * 0.75]), 0)[0]  # a 4x4 patch covers 1/4 of the 8x8
+    assert drop.shape == (1, 16, 16)
+    assert torch.allclose(drop[0, :8, :8], (p0 - p_occluded).expand(8, 8), atol=1e-6)
+    assert float(drop[0, 8:].abs().max()) == 0 and float(drop[0, :, 8:].abs().max()) == 0
+    odd = occlusion(TopLeftModel(), torch.ones(1, 3, 15, 15), 0, patch=4, stride=4)  # edges covered too
+    assert float(odd[0, -1, :8].min()) == 0 and not torch.isnan(odd).any()
+    with pytest.raises(ValueError, match="patch"):
+        occlusion(TopLeftModel(), x, 0, patch=32)
+
+
+def test_randomize_layers_changes_only_those_layers(mobilenet):
+    model, x = mobilenet
+    state = torch.random.get_rng_state()
+    rand = randomize_layers(model, ["classifier", "features.18"], seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state), "the global random state is left alone"
+    for name, p in model.state_dict().items():
+        changed = not torch.equal(p, rand.state_dict()[name])
+        assert changed == name.startswith(("classifier.", "features.18.")), name
+    again = randomize_layers(model, ["classifier", "features.18"], seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(rand.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="nearest"):
+        randomize_layers(model, ["clasifier"])
+
+
+def test_sanity_check_grad_cam_depends_on_the_weights(mobilenet):
+    """Adebayo et al. (2018): randomising the top layers must change the map."""
+    model, x = mobilenet
+    with GradCAM(model, "features.18") as cam:
+        trained = cam(x, 285)[0]  # Egyptian cat
+    rand = randomize_layers(model, ["classifier", "features.18"], seed=0)
+    with GradCAM(rand, "features.18") as cam:
+        randomized = cam(x, 285)[0]
+    corr = np.corrcoef(trained.numpy().ravel(), randomized.numpy().ravel())[0, 1]
+    assert corr < 0.5, f"map barely changed (correlation {corr:.2f})"

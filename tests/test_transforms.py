@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -62,3 +63,58 @@ def test_bad_arguments():
         T.train_transforms(32, erasing=2)
     with pytest.raises(ValueError, match="channels"):
         T.denormalize(torch.zeros(1, 4, 4))
+
+
+# --- any photo into an ImageNet-pretrained model -------------------------------------------------
+from cvlab.transforms import ToRGB, pretrained_transforms, to_rgb  # noqa: E402
+
+
+def test_to_rgb_tensors():
+    gray = torch.randint(0, 256, (1, 5, 6), dtype=torch.uint8)
+    rgb = to_rgb(gray)
+    assert rgb.shape == (3, 5, 6) and all(torch.equal(rgb[c], gray[0]) for c in range(3))
+    assert to_rgb(gray[0]).shape == (3, 5, 6)
+    color = torch.randint(0, 256, (2, 3, 5, 6), dtype=torch.uint8)
+    assert to_rgb(color) is color
+    rgba = torch.cat([color, torch.full((2, 1, 5, 6), 255, dtype=torch.uint8)], dim=1)
+    assert torch.equal(to_rgb(rgba), color)  # opaque: the colours as they are
+    rgba[:, 3] = 0
+    assert bool((to_rgb(rgba) == 255).all())  # transparent: white
+    half = torch.tensor([[[0.2]], [[0.5]]])  # float gray + alpha 0.5 over white
+    assert torch.allclose(to_rgb(half), torch.full((3, 1, 1), 0.2 * 0.5 + 0.5))
+    with pytest.raises(ValueError, match="1-4 channels.*permute"):
+        to_rgb(torch.zeros(5, 6, 3))
+    with pytest.raises(TypeError, match="PIL image or a tensor"):
+        to_rgb([[0, 1]])
+
+
+def test_to_rgb_pil_modes():
+    rgba = Image.new("RGBA", (4, 3), (10, 20, 30, 0))
+    assert to_rgb(rgba).mode == "RGB" and to_rgb(rgba).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(Image.new("L", (4, 3), 77)).getpixel((1, 1)) == (77, 77, 77)
+    assert to_rgb(Image.new("P", (4, 3))).mode == "RGB"
+    deep = Image.fromarray(np.full((3, 4), 65535, dtype=np.uint16))
+    assert to_rgb(deep).getpixel((0, 0)) == (255, 255, 255)  # 16-bit white stays white
+
+
+def test_pretrained_transforms_accept_gray_and_rgba_photos():
+    from cvlab.models import pretrained
+
+    model, weights = pretrained("mobilenet_v2", "IMAGENET1K_V1", allow_download=False)
+    preprocess = pretrained_transforms(weights)
+    categories = weights.meta["categories"]
+    color = read_photo("chelsea")
+    inputs = {"RGB": color, "GRAY": read_photo("chelsea", "GRAY"),
+              "RGBA": torch.cat([color, torch.full_like(color[:1], 255)]),
+              "PIL LA": Image.fromarray(read_photo("chelsea", "GRAY")[0].numpy()).convert("LA")}
+    for mode, image in inputs.items():
+        x = preprocess(image)
+        assert x.shape == (3, 224, 224) and x.dtype == torch.float32, mode
+        with torch.inference_mode():
+            top5 = [categories[i] for i in model(x[None])[0].topk(5).indices]
+        assert {"Egyptian cat", "tabby", "tiger cat"} & set(top5), (mode, top5)
+    small = pretrained_transforms(weights, crop_size=96, resize_size=96)
+    assert small(inputs["GRAY"]).shape == (3, 96, 96)
+    assert "ToRGB()" in repr(small)
+    with pytest.raises(TypeError, match="weights enum"):
+        pretrained_transforms("IMAGENET1K_V1")

@@ -77,3 +77,22 @@ def test_plot_model_comparison():
         V.plot_model_comparison([{"model": "a"}])
     with pytest.raises(ValueError, match="no results"):
         V.plot_model_comparison([])
+
+
+def test_overlay_heatmap_blends_and_checks():
+    from cvlab.visualization import overlay_heatmap, plot_heatmaps
+
+    image = torch.randint(0, 256, (3, 8, 10), dtype=torch.uint8)
+    heat = torch.rand(4, 5)
+    assert np.allclose(overlay_heatmap(image, heat, alpha=0.0), image.permute(1, 2, 0).numpy() / 255, atol=1e-6)
+    full = overlay_heatmap(image, torch.zeros(8, 10), alpha=1.0, cmap="gray")
+    assert full.shape == (8, 10, 3) and np.allclose(full, 0)  # gray colormap of 0 is black
+    assert overlay_heatmap(image[:1], heat).shape == (8, 10, 3)  # grayscale image, heat map resized
+    with pytest.raises(ValueError, match=r"in \[0, 1\].*m.min\(\)"):
+        overlay_heatmap(image, heat * 3)
+    with pytest.raises(ValueError, match="2-D"):
+        overlay_heatmap(image, heat[None])
+    fig = plot_heatmaps(image, {"a": heat, "b": heat.T.contiguous().T}, title="t")
+    assert isinstance(fig, Figure) and len(fig.axes) == 4  # image, two overlays, colour bar
+    with pytest.raises(ValueError, match="at least one"):
+        plot_heatmaps(image, {})

@@ -94,3 +94,57 @@ def test_explorer_widget_wiring(explorer):
     assert [s.description for s in sliders.children] == ["brightness", "contrast", "saturation", "hue"]
     sliders.children[0].value = 0.8  # redraws without error
     assert isinstance(explorer.figure("coffee", "RandomPosterize", bits=2), Figure)
+
+
+from cvlab.widgets import GradCAMExplorer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cam_explorer():
+    from cvlab.data import read_photo
+    from cvlab.models import pretrained
+    from cvlab.transforms import pretrained_transforms
+
+    model, weights = pretrained("mobilenet_v2", "IMAGENET1K_V1", allow_download=False)
+    preprocess = pretrained_transforms(weights, crop_size=160, resize_size=160)
+    inputs = {name: preprocess(read_photo(name)) for name in ("chelsea", "coffee")}
+    return GradCAMExplorer(model, inputs, weights.meta["categories"], ["features.18", "features.14"], top_k=3), model
+
+
+def test_cam_explorer_classes_and_maps(cam_explorer):
+    from cvlab.interpretation import GradCAM
+
+    ex, model = cam_explorer
+    top = ex.classes("coffee")
+    assert len(top) == 3 and top[0][1] == "espresso" and top[0][2] > top[1][2] > top[2][2]
+    second = ex.classes("chelsea")[1][0]
+    heat = ex.heatmap("chelsea", second, "features.14")
+    with GradCAM(model, "features.14") as cam:
+        assert torch.allclose(heat, cam(ex.inputs["chelsea"][None], second)[0])
+    assert ex.heatmap("chelsea", second, "features.14") is heat  # kept, not recomputed
+    assert not torch.allclose(heat, ex.heatmap("chelsea", second, "features.18"))
+    assert heat.shape == (160, 160) and isinstance(ex.figure("chelsea"), Figure)
+
+
+def test_cam_explorer_errors(cam_explorer):
+    ex, model = cam_explorer
+    with pytest.raises(ValueError, match="unknown image"):
+        ex.heatmap("dog")
+    with pytest.raises(ValueError, match="not offered"):
+        ex.heatmap("chelsea", None, "features.3")
+    with pytest.raises(ValueError, match="0..999"):
+        ex.heatmap("chelsea", 1000)
+    with pytest.raises(ValueError, match="nearest: .*features.18"):
+        GradCAMExplorer(model, ex.inputs, ex.class_names, ["features.81"])
+    with pytest.raises(ValueError, match=r"float tensor \(C, H, W\)"):
+        GradCAMExplorer(model, {"x": torch.zeros(3, 8, 8, dtype=torch.uint8)}, ex.class_names, ["features.18"])
+
+
+def test_cam_explorer_widget_wiring(cam_explorer):
+    ex, _ = cam_explorer
+    ui = ex.widget()
+    image, target, layer = ui.children[0].children
+    assert target.options[0][0].startswith("Egyptian cat") or target.options[0][0].startswith("tabby")
+    image.value = "coffee"
+    assert target.options[0][0].startswith("espresso") and target.value == target.options[0][1]
+    layer.value = "features.14"  # redraws without error
