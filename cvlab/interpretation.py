@@ -83,7 +83,8 @@ class GradCAM:
             convolutional block, whose maps keep some spatial resolution.
 
     Raises:
-        ValueError: a layer name the model does not have (nearest names listed).
+        ValueError: a layer name the model does not have (nearest names listed); when called, a
+            layer whose tensors an in-place operation changes (the message says how to fix it).
     """
 
     def __init__(self, model: nn.Module, target_layer: nn.Module | str):
@@ -134,7 +135,16 @@ class GradCAM:
             raise RuntimeError("this GradCAM's hooks were removed; make a new one")
         x = images.detach().clone().requires_grad_(True)  # a full backward hook needs a graph to the input
         with torch.enable_grad():
-            logits = self.model(x)
+            try:
+                logits = self.model(x)
+            except RuntimeError as exc:
+                if "inplace" not in str(exc):
+                    raise
+                raise ValueError(
+                    "the hooked layer's output (or input) is changed by an in-place operation, which a full backward "
+                    "hook cannot follow (typically nn.ReLU(inplace=True) right after it). Hook another layer, or turn "
+                    "in-place off first: for m in model.modules(): m.inplace = False if hasattr(m, 'inplace') else None"
+                ) from None
             t = _targets(targets, logits)
             self.model.zero_grad(set_to_none=True)
             logits.gather(1, t[:, None]).sum().backward()

@@ -371,7 +371,7 @@ class GradCAMExplorer:
         shown = denormalize(self._input(image), self.mean, self.std)
         p = f" ({probs[target]:.1f}%)" if target in probs else ""
         return plot_heatmaps(shown, {f"Grad-CAM at {layer}\nclass: {self.class_names[target]}{p}": cam},
-                             title=f"{image}: where the model looks for the class", size=2.8)
+                             title=f"{image}: where the model looks for the class", size=2.3)
 
     def widget(self):
         """Dropdowns for the image, the target class (its top-k) and the layer, and the figure."""

@@ -134,3 +134,16 @@ def test_sanity_check_grad_cam_depends_on_the_weights(mobilenet):
         randomized = cam(x, 285)[0]
     corr = np.corrcoef(trained.numpy().ravel(), randomized.numpy().ravel())[0, 1]
     assert corr < 0.5, f"map barely changed (correlation {corr:.2f})"
+
+
+def test_in_place_relu_after_the_layer_gives_a_clear_error():
+    torch.manual_seed(0)
+    model = CompactCNN().eval()
+    x = torch.rand(2, 1, 28, 28)
+    with GradCAM(model, "features.10") as cam, pytest.raises(ValueError, match="in-place.*m.inplace = False"):
+        cam(x)
+    for m in model.modules():  # the fix the message gives
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    with GradCAM(model, "features.10") as cam:
+        assert cam(x).shape == (2, 28, 28)
