@@ -43,6 +43,7 @@ __all__ = [
     "InMemoryLoader",
     "balanced_sampler",
     "class_counts",
+    "to_8_bits",
     "class_weights",
     "data_root",
     "fashion_mnist",
@@ -463,9 +464,7 @@ def open_image(path: str | os.PathLike, mode: str = "RGB"):
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"could not decode {path}: the file is corrupt, truncated or not an image "
                          f"({type(exc).__name__}: {str(exc)[:150]}). Replace or delete it.") from None
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale
-        arr = np.asarray(img, dtype=np.int64)
-        img = Image.fromarray((np.clip(arr, 0, 65535) // 257).astype(np.uint8), mode="L")
+    img = to_8_bits(img)
     if mode == "RGB":
         return img.convert("RGB")
     if mode == "GRAY":
@@ -473,6 +472,18 @@ def open_image(path: str | os.PathLike, mode: str = "RGB"):
     if img.mode not in ("L", "LA", "RGB", "RGBA"):
         img = img.convert("RGBA" if "A" in img.getbands() or "transparency" in img.info else "RGB")
     return img
+
+
+def to_8_bits(img):
+    """A 16-bit (or 32-bit integer) grayscale PIL image as 8-bit "L", scaled (value // 257) rather
+    than clipped to white, as Pillow's own ``convert`` would; any other image is returned as it is."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
+        return img
+    arr = np.clip(np.asarray(img, dtype=np.int64), 0, 65535) // 257
+    return Image.fromarray(arr.astype(np.uint8), mode="L")
 
 
 def read_photo(photo: str | os.PathLike, mode: str = "RGB") -> torch.Tensor:

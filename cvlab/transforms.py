@@ -143,10 +143,8 @@ def to_rgb(image):
     if isinstance(image, Image.Image):
         if image.mode == "RGB":
             return image
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: scale to 8 bits, not clip
-            import numpy as np
-            arr = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) // 257
-            image = Image.fromarray(arr.astype(np.uint8), mode="L")
+        from .data import to_8_bits
+        image = to_8_bits(image)  # 16-bit gray: scaled to 8 bits, not clipped
         if "A" in image.getbands() or "transparency" in image.info:
             rgba = image.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from .data import to_float_images
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
 from .visualization import images_to_numpy
 
 __all__ = ["AUGMENTATION_SPECS", "AugmentationExplorer", "GradCAMExplorer", "PredictionBrowser"]
@@ -298,8 +299,8 @@ class GradCAMExplorer:
     """
 
     def __init__(self, model: nn.Module, inputs: dict[str, torch.Tensor], class_names: Sequence[str],
-                 layers: Sequence[str], *, mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 std: Sequence[float] = (0.229, 0.224, 0.225), top_k: int = 5):
+                 layers: Sequence[str], *, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, top_k: int = 5):
         from .interpretation import find_layer
 
         if not inputs:
@@ -364,9 +365,10 @@ class GradCAMExplorer:
         from .transforms import denormalize
         from .visualization import plot_heatmaps
 
-        probs = {i: p for i, _, p in self.classes(image)}
+        top = self.classes(image)
+        probs = {i: p for i, _, p in top}
+        target = top[0][0] if target is None else int(target)
         cam = self.heatmap(image, target, layer)
-        target = self.classes(image)[0][0] if target is None else int(target)
         layer = self.layers[0] if layer is None else layer
         shown = denormalize(self._input(image), self.mean, self.std)
         p = f" ({probs[target]:.1f}%)" if target in probs else ""
