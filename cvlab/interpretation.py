@@ -19,26 +19,12 @@ targets)``), which the tests check this implementation against.
 """
 from __future__ import annotations
 
-import difflib
-
 import torch
 from torch import nn
 
+from .models import find_layer  # kept here too: the layer names Grad-CAM hooks
+
 __all__ = ["GradCAM", "find_layer", "occlusion", "randomize_layers", "saliency"]
-
-
-def find_layer(model: nn.Module, name: str) -> nn.Module:
-    """The sub-module called ``name`` (as in ``model.named_modules()``, e.g. "features.18").
-
-    Raises:
-        ValueError: no such layer; the message lists the nearest names.
-    """
-    modules = dict(model.named_modules())
-    if name not in modules:
-        near = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.4)
-        raise ValueError(f"{type(model).__name__} has no layer {name!r}; nearest: {near or list(modules)[1:6]} "
-                         "(list them all with [n for n, _ in model.named_modules()])")
-    return modules[name]
 
 
 def _check_images(images) -> None:

@@ -13,6 +13,7 @@ and a ReLU on the logits would clip every negative score to 0 and hurt accuracy.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import shutil
@@ -25,7 +26,7 @@ from torch import nn
 from .utils import CheckpointError, load_checkpoint, sha256_file
 
 __all__ = ["CompactCNN", "LinearModel", "MLP", "OFFLINE_WEIGHTS", "TinyVGG", "build_model", "count_parameters",
-           "extract_features", "freeze", "load_model", "model_zoo", "MODELS", "param_groups", "PretrainedWeightsError",
+           "extract_features", "find_layer", "freeze", "load_model", "model_zoo", "MODELS", "param_groups", "PretrainedWeightsError",
            "prepare_pretrained_weights", "pretrained", "replace_head", "unfreeze"]
 
 
@@ -355,6 +356,20 @@ def model_zoo() -> list[dict]:
     return rows
 
 
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The sub-module called ``name`` (as in ``model.named_modules()``, e.g. "features.18").
+
+    Raises:
+        ValueError: no such layer; the message lists the nearest names.
+    """
+    modules = dict(model.named_modules())
+    if name not in modules:
+        near = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.4)
+        raise ValueError(f"{type(model).__name__} has no layer {name!r}; nearest: {near or list(modules)[1:6]} "
+                         "(list them all with [n for n, _ in model.named_modules()])")
+    return modules[name]
+
+
 def replace_head(model: nn.Module, num_classes: int, *, dropout: float | None = None) -> nn.Linear:
     """Replace a classifier's last ``nn.Linear`` with a new one for ``num_classes`` classes.
 
@@ -443,8 +458,6 @@ def param_groups(model: nn.Module, lrs: dict[str, float]) -> list[dict]:
         ValueError: a name the model does not have (nearest names listed), or a trainable
             parameter that no name covers (it would silently not be trained).
     """
-    from .interpretation import find_layer
-
     for name in lrs:
         find_layer(model, name)  # a clear error for a wrong name
     groups: dict[str, list] = {name: [] for name in lrs}

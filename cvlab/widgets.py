@@ -301,7 +301,7 @@ class GradCAMExplorer:
     def __init__(self, model: nn.Module, inputs: dict[str, torch.Tensor], class_names: Sequence[str],
                  layers: Sequence[str], *, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, top_k: int = 5):
-        from .interpretation import find_layer
+        from .models import find_layer
 
         if not inputs:
             raise ValueError("give at least one input image: {name: preprocessed (C, H, W) tensor}")
