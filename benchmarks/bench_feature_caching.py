@@ -6,7 +6,7 @@ process, from the same weights, on the same batches (same seed), for the same ep
 
 * "no caching": every step runs the whole network on the images; the frozen blocks run in eval
   mode without gradients, but they run every epoch;
-* "cached": ``cvlab.models.extract_features`` runs the frozen blocks once over all images (its
+* "cached": ``cvlab.transfer.extract_features`` runs the frozen blocks once over all images (its
   time is counted), then every step runs only blocks 16-18 and the head on the cached outputs.
 
 Prints seconds (caching included), the speed ratio, and the largest difference between the two
@@ -25,8 +25,10 @@ import time
 import torch
 from torch import nn
 
-from cvlab.data import InMemoryLoader, fashion_mnist_tensors
-from cvlab.models import extract_features, freeze, param_groups, pretrained, replace_head
+from cvlab.datasets import fashion_mnist_tensors
+from cvlab.loaders import InMemoryLoader
+from cvlab.pretrained import pretrained
+from cvlab.transfer import extract_features, freeze, param_groups, replace_head
 from cvlab.training import fit
 from cvlab.transforms import pretrained_transforms
 from cvlab.utils import set_seed

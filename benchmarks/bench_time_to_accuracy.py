@@ -2,7 +2,7 @@
 
 Trains the course's best small recipe (CompactCNN of widths 24-48-96, 12 epochs of AdamW with a
 one-cycle schedule, channels_last, label smoothing, random horizontal flips, and bfloat16 autocast
-when the CPU has bfloat16 instructions) with ``cvlab.training.train_step`` one epoch at a time,
+when the CPU has bfloat16 instructions) with ``cvlab.training.train_one_epoch`` one epoch at a time,
 evaluates on the 10,000 test images after every epoch, and prints the cumulative training seconds
 (evaluation excluded) at which each threshold was first reached. Target: 93 % in <= 120 s.
 
@@ -23,10 +23,10 @@ import time
 import torch
 from torch import nn
 
-from cvlab.data import fashion_mnist_loaders
+from cvlab.loaders import fashion_mnist_loaders
 from cvlab.models import CompactCNN, count_parameters
-from cvlab.training import eval_step, train_step
-from cvlab.utils import cpu_has_bf16, get_device, set_seed
+from cvlab.training import evaluate, train_one_epoch
+from cvlab.utils import cpu_has_bf16, cpu_info, get_device, set_seed
 
 THRESHOLDS = (90.0, 92.0, 93.0)
 
@@ -58,10 +58,10 @@ def run(args, device: torch.device) -> dict:
     reached, train_seconds, curve = {}, 0.0, []
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        train_step(model, Flipping(), loss_fn, optimizer, device, scheduler=scheduler,
-                   amp_dtype=torch.bfloat16 if args.bf16 else None)
+        train_one_epoch(model, Flipping(), loss_fn, optimizer, device, scheduler=scheduler,
+                        amp_dtype=torch.bfloat16 if args.bf16 else None)
         train_seconds += time.perf_counter() - t0
-        _, acc = eval_step(model, test_loader, nn.CrossEntropyLoss(), device)
+        _, acc = evaluate(model, test_loader, nn.CrossEntropyLoss(), device)
         curve.append((epoch, train_seconds, acc))
         for th in THRESHOLDS:
             if acc >= th and th not in reached:
@@ -82,12 +82,12 @@ def main() -> None:
     parser.add_argument("--no-flip", dest="flip", action="store_false")
     parser.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto",
                         help="bfloat16 autocast: 'auto' uses it on CUDA and on CPUs with AMX/AVX-512 BF16 only")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     device = get_device()
     args.bf16 = args.amp == "bf16" or (args.amp == "auto" and (device.type == "cuda" or cpu_has_bf16()))
-    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"device {device}; CPU: {cpu_info()}; torch {torch.__version__}")
     print(f"CompactCNN widths {args.widths}, {args.epochs} epochs one-cycle, batch {args.batch_size}, AdamW lr "
           f"{args.lr} wd {args.weight_decay}, label smoothing {args.label_smoothing}, flips {args.flip}, channels_last, "
           f"bf16 autocast {args.bf16}")

@@ -1,2 +1,46 @@
-"""cvlab: the package under the course notebooks (data, models, training, metrics, plots, widgets)."""
+"""cvlab: the package under the course notebooks.
+
+One module per job, named after the lesson topic it serves; imports point down only:
+
+    images          reading files, sample photos, format conversions   (the ground floor, with utils)
+    utils           seeding, device choice, CPU features, hashes, the lesson result line
+    datasets        Fashion-MNIST (checked by sha256), image folders, class statistics
+    loaders         InMemoryLoader, make_loader (the one DataLoader recipe), balanced_sampler
+    transforms      transforms.v2 presets, normalisation, pretrained preprocessing
+    checkpoints     atomic save / safe load of models and training states
+    models          the course's architectures, build / load by name, find_layer
+    pretrained      torchvision's pretrained classifiers, offline where cached; the model zoo
+    transfer        new heads, freezing, parameter groups, feature caching
+    losses          FocalLoss
+    history         History (per-epoch records), EarlyStopping
+    training        train_one_epoch, evaluate, fit
+    metrics         predict, accuracy, scikit-learn's confusion matrix and per-class report
+    experiments     train_and_evaluate, results_table: fair model comparisons
+    visualization   plots that return their Figure
+    interpretation  GradCAM, saliency, occlusion, randomize_layers
+    widgets         ipywidgets explorers whose logic is testable without a browser
+    provisioning    puts data and weights in place (python course.py setup); never imported by the above
+
+The contract every public function follows:
+
+* ``device=None`` where a model runs means "pick the best device": CUDA, then Apple MPS, then
+  CPU (``cvlab.utils.get_device``; the environment variable ``CVLAB_DEVICE`` overrides it).
+  (``InMemoryLoader(device=None)`` moves no batch: the loop that runs the model moves them.)
+* ``progress`` is a bool: True shows a tqdm bar.
+* ``seed`` defaults to ``cvlab.utils.DEFAULT_SEED`` (0) wherever a function takes one; only
+  ``set_seed`` changes the global random state (loaders and widgets use their own generators).
+* Outputs come before labels: ``predict -> Predictions(probs, labels)``,
+  ``extract_features -> (features, labels)``.
+* A function that puts a model in eval (or train) mode puts it back in the mode it found it in.
+* Images: tensors (C, H, W) or (N, C, H, W); uint8 in [0, 255] or float32 in [0, 1]; accuracies
+  in %, times in seconds, sizes in pixels.
+* Bad input raises an error whose message says what was wrong and what to do.
+
+The names the lessons use most are importable from the top level: ``cvlab.fit``,
+``cvlab.train_one_epoch``, ``cvlab.evaluate``, ``cvlab.set_seed``, ``cvlab.get_device``.
+"""
+from .training import evaluate, fit, train_one_epoch
+from .utils import get_device, set_seed
+
 __version__ = "0.1.0"
+__all__ = ["evaluate", "fit", "get_device", "set_seed", "train_one_epoch"]

@@ -1,6 +1,6 @@
 """Command line: ``python -m cvlab`` (or the ``cvlab`` console script).
 
-    python -m cvlab setup                      place Fashion-MNIST in the data root (course.py runs it)
+    python -m cvlab setup                      place Fashion-MNIST and the offline ImageNet weights (course.py runs it)
     python -m cvlab train [options]            train a model on Fashion-MNIST or an image folder
     python -m cvlab train --help               every option, explained
 
@@ -15,6 +15,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from .utils import DEFAULT_SEED
 
 MODEL_CHOICES = ("LinearModel", "MLP", "TinyVGG", "CompactCNN")
 
@@ -41,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p_setup = sub.add_parser("setup", help="place Fashion-MNIST and the offline ImageNet weights, checked by sha256")
     p_setup.add_argument("--root", help="data root (default: $CVLAB_DATA or the project's data/)")
-    p_setup.add_argument("--no-download", action="store_true", help="never download; local sources only")
+    p_setup.add_argument("--no-download", action="store_true",
+                         help="no network and no package install: only files already on this machine")
 
     t = sub.add_parser("train", help="train a classifier on Fashion-MNIST or an image folder",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", type=Path, help="where best.pt, last.pt and history.json go "
                    "(default: <data root>/runs/<model>-<dataset>)")
     r.add_argument("--resume", type=Path, help="continue from this last.pt (same data and options)")
-    r.add_argument("--seed", type=int, default=42, help="random seed")
+    r.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
     r.add_argument("--device", help="cpu, cuda or mps (default: the best available)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -90,23 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _loaders(args):
     """(train_loader, val_loader, class_names, model input description) for the chosen data."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from . import data, transforms
+    from . import datasets, loaders, transforms
 
-    common = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0)
-    g = torch.Generator().manual_seed(args.seed)
     if args.data_dir is None:
         size, channels = args.image_size or 28, args.channels or 1
         if args.augment == "none" and size == 28 and channels == 1:
-            train_loader, val_loader = data.fashion_mnist_loaders(args.batch_size, seed=args.seed,
-                                                                  train_limit=args.train_limit)
-            return train_loader, val_loader, list(data.FASHION_MNIST_CLASSES), {
+            train_loader, val_loader = loaders.fashion_mnist_loaders(args.batch_size, seed=args.seed,
+                                                                     train_limit=args.train_limit)
+            return train_loader, val_loader, list(datasets.FASHION_MNIST_CLASSES), {
                 "image_size": 28, "channels": 1, "mean": [0.0], "std": [1.0], "dataset": "fashion-mnist"}
         mean, std = (transforms.FASHION_MNIST_MEAN * channels)[:channels], (transforms.FASHION_MNIST_STD * channels)[:channels]
-        train_ds = data.fashion_mnist("train", transform=transforms.train_transforms(size, mean, std, args.augment, channels=channels))
-        val_ds = data.fashion_mnist("test", transform=transforms.eval_transforms(size, mean, std, channels=channels))
-        names, dataset = list(data.FASHION_MNIST_CLASSES), "fashion-mnist"
+        train_ds = datasets.fashion_mnist("train", transform=transforms.train_transforms(size, mean, std, args.augment, channels=channels))
+        val_ds = datasets.fashion_mnist("test", transform=transforms.eval_transforms(size, mean, std, channels=channels))
+        names, dataset = list(datasets.FASHION_MNIST_CLASSES), "fashion-mnist"
     else:
         size, channels = args.image_size or 64, args.channels or 3
         if channels == 3:
@@ -115,19 +115,19 @@ def _loaders(args):
             mean, std = (0.5,), (0.25,)
         for split in ("train", "val"):
             if not (args.data_dir / split).is_dir():
-                raise data.DatasetNotFoundError(
+                raise datasets.DatasetNotFoundError(
                     f"{args.data_dir} has no {split}/ folder: --data-dir needs {args.data_dir}/train/<class>/<images> "
                     f"and {args.data_dir}/val/<class>/<images>")
-        train_ds = data.image_folder(args.data_dir / "train", transforms.train_transforms(size, mean, std, args.augment, channels=channels))
-        val_ds = data.image_folder(args.data_dir / "val", transforms.eval_transforms(size, mean, std, channels=channels))
+        train_ds = datasets.image_folder(args.data_dir / "train", transforms.train_transforms(size, mean, std, args.augment, channels=channels))
+        val_ds = datasets.image_folder(args.data_dir / "val", transforms.eval_transforms(size, mean, std, channels=channels))
         if train_ds.classes != val_ds.classes:
-            raise data.DatasetNotFoundError(f"train/ and val/ hold different classes: {train_ds.classes} vs {val_ds.classes}")
+            raise datasets.DatasetNotFoundError(f"train/ and val/ hold different classes: {train_ds.classes} vs {val_ds.classes}")
         names, dataset = list(train_ds.classes), args.data_dir.name
     if args.train_limit is not None:
         train_ds = torch.utils.data.Subset(train_ds, range(min(args.train_limit, len(train_ds))))
-    train_loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, generator=g,
-                              worker_init_fn=data.seed_worker, **common)
-    val_loader = DataLoader(val_ds, batch_size=args.batch_size, shuffle=False, **common)
+    train_loader = loaders.make_loader(train_ds, args.batch_size, shuffle=True, seed=args.seed,
+                                       num_workers=args.num_workers)
+    val_loader = loaders.make_loader(val_ds, args.batch_size, num_workers=args.num_workers)
     return train_loader, val_loader, names, {"image_size": size, "channels": channels, "mean": list(mean),
                                              "std": list(std), "dataset": dataset}
 
@@ -137,7 +137,8 @@ def train_command(args) -> int:
     import torch
 
     from . import metrics, models, training, utils
-    from .data import CorruptDatasetError, DatasetNotFoundError, data_root
+    from .checkpoints import CheckpointError
+    from .datasets import CorruptDatasetError, DatasetNotFoundError, data_root
 
     try:
         train_loader, val_loader, class_names, inputs = _loaders(args)
@@ -160,14 +161,15 @@ def train_command(args) -> int:
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps = args.epochs * len(train_loader)
+    sched = torch.optim.lr_scheduler
+    # factories (optimizer, total_steps) -> scheduler: fit passes the number of steps it will take
     scheduler, step = {
-        "onecycle": (lambda: (torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=steps), "batch")),
-        "cosine": (lambda: (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs), "epoch")),
-        "step": (lambda: (torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, args.epochs // 3), gamma=0.1), "epoch")),
-        "plateau": (lambda: (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=1), "epoch")),
-        "none": (lambda: (None, "batch")),
-    }[args.scheduler]()
+        "onecycle": (lambda opt, n: sched.OneCycleLR(opt, args.lr, total_steps=n), "batch"),
+        "cosine": (lambda opt, n: sched.CosineAnnealingLR(opt, T_max=n), "epoch"),
+        "step": (lambda opt, n: sched.StepLR(opt, step_size=max(1, n // 3), gamma=0.1), "epoch"),
+        "plateau": (lambda opt, n: sched.ReduceLROnPlateau(opt, factor=0.3, patience=1), "epoch"),
+        "none": (None, "batch"),
+    }[args.scheduler]
     out = args.output_dir or (data_root() / "runs" / f"{args.model}-{inputs['dataset']}")
     out.mkdir(parents=True, exist_ok=True)
     device = utils.get_device(args.device)
@@ -181,7 +183,7 @@ def train_command(args) -> int:
             early_stopping_patience=args.patience, monitor="val_loss", checkpoint_dir=out, resume_from=args.resume,
             checkpoint_info={"arch": args.model, "model_kwargs": kwargs, "class_names": class_names,
                              "preprocess": inputs})
-    except utils.CheckpointError as exc:
+    except CheckpointError as exc:
         print(f"cvlab train: cannot resume: {exc}", file=sys.stderr)
         return 1
     except (ValueError, FloatingPointError) as exc:
@@ -195,7 +197,7 @@ def train_command(args) -> int:
         print("cvlab train: no epoch finished; nothing to report", file=sys.stderr)
         return 1
     best, _ = models.load_model(out / "best.pt", map_location=device)
-    y_true, probs = metrics.predict(best, val_loader, device=device)
+    probs, y_true = metrics.predict(best, val_loader, device=device)
     y_pred = probs.argmax(1)
     best_rec = history.best("val_loss", mode="min")
     print(f"\nbest epoch {best_rec['epoch']}: val loss {best_rec['val_loss']:.4f}, val accuracy "
@@ -209,11 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m cvlab`` and the ``cvlab`` console script; returns an exit status."""
     args = build_parser().parse_args(argv)
     if args.command == "setup":
-        from .data import CorruptDatasetError, DatasetNotFoundError, prepare_fashion_mnist
-        from .models import PretrainedWeightsError, prepare_pretrained_weights
+        from .datasets import CorruptDatasetError, DatasetNotFoundError
+        from .pretrained import PretrainedWeightsError
+        from .provisioning import setup
         try:
-            prepare_fashion_mnist(args.root, allow_download=not args.no_download)
-            prepare_pretrained_weights()
+            setup(args.root, allow_download=not args.no_download)
         except (DatasetNotFoundError, CorruptDatasetError, PretrainedWeightsError) as exc:
             print(f"cvlab setup: {exc}", file=sys.stderr)
             return 1

@@ -19,12 +19,14 @@ targets)``), which the tests check this implementation against.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
-from .models import find_layer  # kept here too: the layer names Grad-CAM hooks
+from .models import find_layer
 
-__all__ = ["GradCAM", "find_layer", "occlusion", "randomize_layers", "saliency"]
+__all__ = ["GradCAM", "occlusion", "randomize_layers", "saliency"]
 
 
 def _check_images(images) -> None:
@@ -49,6 +51,17 @@ def _targets(targets, logits: torch.Tensor) -> torch.Tensor:
     return t
 
 
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Eval mode for the block (BatchNorm and dropout as at inference), then the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def _scale01(maps: torch.Tensor) -> torch.Tensor:
     lo = maps.amin(dim=(-2, -1), keepdim=True)
     hi = maps.amax(dim=(-2, -1), keepdim=True)
@@ -64,7 +77,8 @@ class GradCAM:
             maps = cam(images)            # (B, H, W) in [0, 1], for the predicted classes
 
     Args:
-        model: a classifier returning logits (B, num_classes); put in eval mode here.
+        model: a classifier returning logits (B, num_classes); run in eval mode during each
+            call, then left in the mode it was in.
         target_layer: the layer (a module of ``model``) or its name; usually the last
             convolutional block, whose maps keep some spatial resolution.
 
@@ -74,7 +88,7 @@ class GradCAM:
     """
 
     def __init__(self, model: nn.Module, target_layer: nn.Module | str):
-        self.model = model.eval()
+        self.model = model
         self.layer = find_layer(model, target_layer) if isinstance(target_layer, str) else target_layer
         self.activations: torch.Tensor | None = None
         self.gradients: torch.Tensor | None = None
@@ -120,7 +134,7 @@ class GradCAM:
         if not self._handles:
             raise RuntimeError("this GradCAM's hooks were removed; make a new one")
         x = images.detach().clone().requires_grad_(True)  # a full backward hook needs a graph to the input
-        with torch.enable_grad():
+        with torch.enable_grad(), _eval_mode(self.model):
             try:
                 logits = self.model(x)
             except RuntimeError as exc:
@@ -148,7 +162,8 @@ def saliency(model: nn.Module, images: torch.Tensor, targets=None) -> torch.Tens
     Cheap (one backward pass) but noisy, and close to an edge detector (see the sanity check).
 
     Args:
-        model: a classifier returning logits (B, num_classes); put in eval mode here.
+        model: a classifier returning logits (B, num_classes); run in eval mode, then left in
+            the mode it was in.
         images: float (B, C, H, W), preprocessed as the model expects.
         targets: the class per image (an int for all, B ints) or None for the predicted classes.
 
@@ -159,9 +174,8 @@ def saliency(model: nn.Module, images: torch.Tensor, targets=None) -> torch.Tens
         ValueError: a wrong input shape, a wrong number of targets or a class out of range.
     """
     _check_images(images)
-    model.eval()
     x = images.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), _eval_mode(model):
         logits = model(x)
         t = _targets(targets, logits)
         (grad,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), x)
@@ -179,7 +193,8 @@ def occlusion(model: nn.Module, images: torch.Tensor, targets=None, *, patch: in
     one forward pass per position ((H - patch) / stride + 1)^2 per image.
 
     Args:
-        model: a classifier returning logits (B, num_classes).
+        model: a classifier returning logits (B, num_classes); run in eval mode, then left in
+            the mode it was in.
         images: float (B, C, H, W), preprocessed as the model expects.
         targets: the class per image (an int for all, B ints) or None for the predicted classes.
         patch, stride: square side and step, pixels; ``patch <= min(H, W)``.
@@ -195,35 +210,35 @@ def occlusion(model: nn.Module, images: torch.Tensor, targets=None, *, patch: in
         ValueError: a wrong input shape, targets, or a patch/stride that does not fit the image.
     """
     _check_images(images)
-    model.eval()
     b, _, h, w = images.shape
     if not (isinstance(patch, int) and isinstance(stride, int) and 1 <= patch <= min(h, w) and stride >= 1):
         raise ValueError(f"patch and stride must be integers with 1 <= patch <= {min(h, w)} (the image side) "
                          f"and stride >= 1; got patch={patch!r}, stride={stride!r}")
-    probs = model(images).softmax(1)
-    t = _targets(targets, probs)
-    p0 = probs.gather(1, t[:, None])[:, 0]
-    tops = list(range(0, h - patch + 1, stride))
-    lefts = list(range(0, w - patch + 1, stride))
-    if tops[-1] != h - patch:
-        tops.append(h - patch)  # cover the bottom and right edges too
-    if lefts[-1] != w - patch:
-        lefts.append(w - patch)
-    positions = [(i, j) for i in tops for j in lefts]
-    out = torch.zeros(b, h, w)
-    count = torch.zeros(h, w)
-    for i, j in positions:
-        count[i:i + patch, j:j + patch] += 1
-    for k in range(b):
-        drops = []
-        for start in range(0, len(positions), batch_size):
-            chunk = positions[start:start + batch_size]
-            x = images[k:k + 1].repeat(len(chunk), 1, 1, 1)
-            for n, (i, j) in enumerate(chunk):
-                x[n, :, i:i + patch, j:j + patch] = baseline
-            drops.append(p0[k] - model(x).softmax(1)[:, t[k]])
-        for (i, j), d in zip(positions, torch.cat(drops).cpu()):
-            out[k, i:i + patch, j:j + patch] += d
+    with _eval_mode(model):
+        probs = model(images).softmax(1)
+        t = _targets(targets, probs)
+        p0 = probs.gather(1, t[:, None])[:, 0]
+        tops = list(range(0, h - patch + 1, stride))
+        lefts = list(range(0, w - patch + 1, stride))
+        if tops[-1] != h - patch:
+            tops.append(h - patch)  # cover the bottom and right edges too
+        if lefts[-1] != w - patch:
+            lefts.append(w - patch)
+        positions = [(i, j) for i in tops for j in lefts]
+        out = torch.zeros(b, h, w)
+        count = torch.zeros(h, w)
+        for i, j in positions:
+            count[i:i + patch, j:j + patch] += 1
+        for k in range(b):
+            drops = []
+            for start in range(0, len(positions), batch_size):
+                chunk = positions[start:start + batch_size]
+                x = images[k:k + 1].repeat(len(chunk), 1, 1, 1)
+                for n, (i, j) in enumerate(chunk):
+                    x[n, :, i:i + patch, j:j + patch] = baseline
+                drops.append(p0[k] - model(x).softmax(1)[:, t[k]])
+            for (i, j), d in zip(positions, torch.cat(drops).cpu()):
+                out[k, i:i + patch, j:j + patch] += d
     return (out / count).float()
 
 

@@ -6,7 +6,7 @@ report percentages.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from torch import nn
 
 from .utils import get_device
 
-__all__ = ["accuracy", "classification_report", "confusion_matrix", "most_confused",
+__all__ = ["Predictions", "accuracy", "classification_report", "confusion_matrix", "most_confused",
            "per_class_metrics", "predict"]
 
 
@@ -49,29 +49,52 @@ def accuracy(y_true: torch.Tensor | Sequence[int], y_pred: torch.Tensor | Sequen
     return float(100.0 * (t == p).mean())
 
 
+class Predictions(NamedTuple):
+    """What ``predict`` returns: outputs first, then labels, as everywhere in cvlab.
+
+    Attributes:
+        probs: float32 (N, num_classes) softmax probabilities on the CPU, rows summing to 1.
+        labels: int64 (N,) true class indices from the loader.
+    """
+
+    probs: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def preds(self) -> torch.Tensor:
+        """int64 (N,) predicted classes: ``probs.argmax(1)``."""
+        return self.probs.argmax(1)
+
+
 @torch.inference_mode()
-def predict(model: nn.Module, loader: Iterable, device: torch.device | str | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model`` over ``loader`` in eval mode and collect labels and class probabilities.
+def predict(model: nn.Module, loader: Iterable, device: torch.device | str | None = None) -> Predictions:
+    """Run ``model`` over ``loader`` in eval mode (then back in its mode) and collect its predictions.
 
     Args:
-        model: a classifier returning logits (B, num_classes).
+        model: a classifier returning logits (B, num_classes); moved to ``device``.
         loader: yields ``(x, y)`` batches.
-        device: where to run; defaults to ``get_device()``.
+        device: where to run; None picks CUDA, then MPS, then CPU.
 
     Returns:
-        ``(y_true, probs)``: int64 (N,) labels and float32 (N, num_classes) softmax
-        probabilities on the CPU, rows summing to 1. ``probs.argmax(1)`` is the prediction.
+        ``Predictions(probs, labels)``, with ``.preds`` the predicted classes;
+        ``probs, labels = predict(...)`` unpacks it.
+
+    Raises:
+        ValueError: the loader yielded no batches.
     """
-    device = torch.device(device) if device is not None else get_device()
+    device = get_device(device)
+    was_training = model.training
     model.to(device).eval()
     ys, ps = [], []
-    for x, y in loader:
-        ps.append(torch.softmax(model(x.to(device)), dim=1).cpu())
-        ys.append(y.cpu())
+    try:
+        for x, y in loader:
+            ps.append(torch.softmax(model(x.to(device)), dim=1).float().cpu())
+            ys.append(torch.as_tensor(y).long().cpu())
+    finally:
+        model.train(was_training)
     if not ys:
         raise ValueError("the loader yielded no batches")
-    return torch.cat(ys), torch.cat(ps)
+    return Predictions(torch.cat(ps), torch.cat(ys))
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:

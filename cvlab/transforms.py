@@ -13,8 +13,10 @@ from typing import Sequence
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["AUGMENTATIONS", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "IMAGENET_MEAN", "IMAGENET_STD", "ToRGB",
-           "denormalize", "eval_transforms", "pretrained_transforms", "to_rgb", "train_transforms"]
+from .images import to_rgb
+
+__all__ = ["AUGMENTATIONS", "AUGMENTATION_SPECS", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "IMAGENET_MEAN", "IMAGENET_STD", "ToRGB",
+           "denormalize", "eval_transforms", "pretrained_transforms", "train_transforms"]
 
 #: mean and standard deviation of Fashion-MNIST's training pixels in [0, 1] (computed in lesson 03)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
@@ -119,58 +121,9 @@ def denormalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Seq
     return (x * s + m).clamp(0, 1)
 
 
-def to_rgb(image):
-    """Any photo as 3-channel RGB, as ImageNet-pretrained models expect.
-
-    Grayscale is repeated into three channels; an alpha channel is composited over white (a
-    transparent pixel becomes white, not the black that dropping alpha often gives).
-
-    Args:
-        image: a PIL image of any mode (L, LA, P, RGBA, CMYK, I;16, ...), or a uint8 or float
-            tensor (C, H, W) / (B, C, H, W) with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or
-            4 (RGBA), or (H, W) (gray). Float values are taken to be in [0, 1].
-
-    Returns:
-        the same kind: a PIL image in mode "RGB", or a tensor of the same dtype with C = 3
-        ((3, H, W) for a (H, W) input).
-
-    Raises:
-        TypeError: neither a PIL image nor a tensor.
-        ValueError: a tensor whose channel axis (-3) is not 1-4 long.
-    """
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        if image.mode == "RGB":
-            return image
-        from .data import to_8_bits
-        image = to_8_bits(image)  # 16-bit gray: scaled to 8 bits, not clipped
-        if "A" in image.getbands() or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
-    if not isinstance(image, torch.Tensor):
-        raise TypeError(f"expected a PIL image or a tensor (C, H, W), got {type(image).__name__}")
-    x = image[None] if image.ndim == 2 else image
-    c = x.shape[-3] if x.ndim >= 3 else 0
-    if x.ndim > 4 or c not in (1, 2, 3, 4):
-        raise ValueError(f"expected an image tensor (C, H, W) or (B, C, H, W) with 1-4 channels in axis -3, got "
-                         f"shape {tuple(image.shape)}; a (H, W, C) array from NumPy/PIL needs .permute(2, 0, 1)")
-    if c == 3:
-        return x
-    if c == 1:
-        return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).clone()
-    color, alpha = x.narrow(-3, 0, c - 1), x.narrow(-3, c - 1, 1)
-    white = 255.0 if x.dtype == torch.uint8 else 1.0
-    a = alpha.float() / white
-    out = color.float() * a + white * (1 - a)
-    out = out.expand(*out.shape[:-3], 3, *out.shape[-2:])
-    return out.round().to(torch.uint8) if x.dtype == torch.uint8 else out.to(x.dtype).contiguous()
-
-
 class ToRGB:
-    """A transform: ``to_rgb`` as a step in ``v2.Compose`` (picklable, so DataLoader workers can use it)."""
+    """A transform: ``cvlab.images.to_rgb`` as a step in ``v2.Compose`` (picklable, so DataLoader
+    workers can use it): any photo, grayscale or RGBA, as 3-channel RGB."""
 
     def __call__(self, image):
         return to_rgb(image)
@@ -199,5 +152,46 @@ def pretrained_transforms(weights, **kwargs) -> v2.Compose:
     """
     if not callable(getattr(weights, "transforms", None)) or not hasattr(weights, "meta"):
         raise TypeError(f"weights must be a torchvision weights enum member (e.g. MobileNet_V2_Weights.IMAGENET1K_V1), "
-                        f"got {weights!r}; cvlab.models.pretrained returns one")
+                        f"got {weights!r}; cvlab.pretrained.pretrained returns one")
     return v2.Compose([ToRGB(), weights.transforms(**kwargs)])
+
+
+# transform name -> (factory taking the parameters, {parameter: (min, max, step, default)}).
+# Factories build the v2 transform with p=1 where torchvision has a probability, so
+# ``cvlab.widgets.AugmentationExplorer`` always shows the effect; the random ones draw from
+# torch's RNG, which the explorer seeds per call inside torch.random.fork_rng.
+AUGMENTATION_SPECS: dict = {
+    "RandomResizedCrop": (lambda min_scale: v2.RandomResizedCrop(224, scale=(min_scale, 1.0), antialias=True),
+                          {"min_scale": (0.05, 1.0, 0.05, 0.3)}),
+    "HorizontalFlip": (lambda: v2.RandomHorizontalFlip(p=1.0), {}),
+    "RandomRotation": (lambda degrees: v2.RandomRotation((degrees, degrees)), {"degrees": (-180.0, 180.0, 5.0, 30.0)}),
+    "RandomAffine": (lambda degrees, translate, scale, shear: v2.RandomAffine(
+        degrees=degrees, translate=(translate, translate), scale=(scale, scale), shear=shear),
+        {"degrees": (0.0, 90.0, 5.0, 15.0), "translate": (0.0, 0.5, 0.05, 0.1), "scale": (0.5, 1.5, 0.05, 1.0),
+         "shear": (0.0, 45.0, 5.0, 10.0)}),
+    "RandomPerspective": (lambda distortion_scale: v2.RandomPerspective(distortion_scale, p=1.0),
+                          {"distortion_scale": (0.0, 1.0, 0.05, 0.5)}),
+    "ElasticTransform": (lambda alpha, sigma: v2.ElasticTransform(alpha=alpha, sigma=sigma),
+                         {"alpha": (0.0, 250.0, 10.0, 50.0), "sigma": (1.0, 10.0, 0.5, 5.0)}),
+    "ColorJitter": (lambda brightness, contrast, saturation, hue: v2.ColorJitter(brightness, contrast, saturation, hue),
+                    {"brightness": (0.0, 1.0, 0.05, 0.4), "contrast": (0.0, 1.0, 0.05, 0.4),
+                     "saturation": (0.0, 1.0, 0.05, 0.4), "hue": (0.0, 0.5, 0.02, 0.1)}),
+    "Grayscale": (lambda: v2.Grayscale(num_output_channels=3), {}),
+    "RandomAutocontrast": (lambda: v2.RandomAutocontrast(p=1.0), {}),
+    "RandomEqualize": (lambda: v2.RandomEqualize(p=1.0), {}),
+    "RandomPosterize": (lambda bits: v2.RandomPosterize(int(bits), p=1.0), {"bits": (1, 8, 1, 3)}),
+    "RandomSolarize": (lambda threshold: v2.RandomSolarize(threshold, p=1.0), {"threshold": (0, 255, 5, 128)}),
+    "RandomAdjustSharpness": (lambda sharpness_factor: v2.RandomAdjustSharpness(sharpness_factor, p=1.0),
+                              {"sharpness_factor": (0.0, 10.0, 0.5, 4.0)}),
+    "GaussianBlur": (lambda sigma: v2.GaussianBlur(kernel_size=2 * int(3 * sigma) + 1, sigma=sigma),
+                     {"sigma": (0.5, 8.0, 0.5, 2.0)}),
+    "RandomErasing": (lambda max_area: v2.Compose([v2.ToDtype(torch.float32, scale=True),
+                                                   v2.RandomErasing(p=1.0, scale=(0.02, max_area), value=0),
+                                                   v2.ToDtype(torch.uint8, scale=True)]),
+                      {"max_area": (0.02, 0.5, 0.02, 0.2)}),
+    "AutoAugment": (lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET), {}),
+    "RandAugment": (lambda num_ops, magnitude: v2.RandAugment(num_ops=int(num_ops), magnitude=int(magnitude)),
+                    {"num_ops": (1, 5, 1, 2), "magnitude": (0, 30, 1, 9)}),
+    "TrivialAugmentWide": (lambda: v2.TrivialAugmentWide(), {}),
+    "AugMix": (lambda severity: v2.AugMix(severity=int(severity)), {"severity": (1, 10, 1, 3)}),
+}

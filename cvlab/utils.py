@@ -1,36 +1,23 @@
-"""Small utilities every lesson needs: seeding, device choice, checkpoints, result lines.
-
-Checkpoints follow torchvision's reference scripts (``references/classification/train.py``):
-one dict holding the model's ``state_dict`` plus what is needed to rebuild and trust it. They are
-written atomically (temporary file, then ``os.replace``) so an interrupted save never leaves a
-half-written file in place of a good one, and read with ``torch.load(weights_only=True)`` so
-loading a file runs no pickled code.
+"""The bottom floor every lesson needs: seeding, device choice, CPU features, file hashes and the
+lesson's result line. Nothing here imports another cvlab module.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import random
-import tempfile
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = [
-    "CheckpointError",
-    "cpu_has_bf16",
-    "sha256_file",
-    "get_device",
-    "key_result",
-    "load_checkpoint",
-    "save_checkpoint",
-    "set_seed",
-]
+__all__ = ["DEFAULT_SEED", "cpu_has_bf16", "cpu_info", "get_device", "key_result", "set_seed", "sha256_file"]
+
+#: the one seed default of the package: every ``seed=`` argument defaults to it
+DEFAULT_SEED = 0
 
 
-def set_seed(seed: int = 42) -> None:
+
+def set_seed(seed: int = DEFAULT_SEED) -> None:
     """Seed Python's ``random``, NumPy and PyTorch (CPU and every CUDA device).
 
     Args:
@@ -40,13 +27,15 @@ def set_seed(seed: int = 42) -> None:
         ValueError: if ``seed`` is negative or not an integer.
 
     With the same seed, the same code on the same device and library versions gives the same
-    numbers. Data loaders that shuffle keep their own generator (see ``cvlab.data``).
+    numbers. Data loaders that shuffle keep their own generator (see ``cvlab.loaders``). This is the
+    only function in cvlab that changes the global random state.
     """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an integer in [0, 2**32 - 1], got {seed!r}")
     random.seed(int(seed))
     np.random.seed(int(seed))
     torch.manual_seed(int(seed))  # also seeds every CUDA device
+
 
 
 def get_device(prefer: str | None = None) -> torch.device:
@@ -79,6 +68,7 @@ def get_device(prefer: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+
 def cpu_has_bf16() -> bool:
     """True when the CPU has bfloat16 instructions (AVX-512 BF16 or AMX), read from /proc/cpuinfo.
 
@@ -93,6 +83,7 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+
 def sha256_file(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes as 64 hex digits, read 1 MiB at a time."""
     h = hashlib.sha256()
@@ -100,6 +91,7 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
 
 
 def key_result(text: str) -> None:
@@ -111,131 +103,24 @@ def key_result(text: str) -> None:
     print(f"Key result: {text}")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupt, or belongs to another model."""
-
-
-_PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.device, torch.Size)
-
-
-def _check_plain(value: Any, where: str) -> None:
-    """Raise TypeError unless ``value`` is made only of types weights_only loading accepts."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _check_plain(k, where)
-            _check_plain(v, f"{where}[{k!r}]")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_plain(v, f"{where}[{i}]")
-    elif type(value) not in _PLAIN and not isinstance(value, torch.Tensor):
-        raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__name__}, which "
-                        "torch.load(weights_only=True) cannot read back; convert it to a plain "
-                        "int/float/str/list/dict or a tensor (e.g. float(x) for a NumPy number)")
-
-
-def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, arch: str | None = None,
-                    model_kwargs: dict[str, Any] | None = None, class_names: list[str] | None = None,
-                    metrics: dict[str, float] | None = None, **extra: Any) -> Path:
-    """Save a model and what is needed to rebuild it, atomically.
-
-    Args:
-        path: file to write (conventionally ``*.pt``); parent folders are made.
-        model: the model; its ``state_dict()`` is saved (tensors moved to CPU).
-        arch: architecture name, as known to ``cvlab.models.build_model``; defaults to the
-            model's class name.
-        model_kwargs: the constructor arguments (plain ints, floats, strings) to rebuild it.
-        class_names: the class name for each output logit, in order.
-        metrics: numbers worth keeping with the weights, e.g. ``{"test_acc": 91.2}`` (%).
-        **extra: any other entries made of tensors and plain Python values
-            (e.g. ``optimizer=opt.state_dict()``, ``epoch=3``, ``history=[...]``).
+def cpu_info() -> str:
+    """The CPU model and the instruction set PyTorch's kernels use, for printing beside a timing.
 
     Returns:
-        the path written.
-
-    Raises:
-        TypeError: an entry that ``torch.load(weights_only=True)`` could not read back (e.g. a
-            NumPy number or a custom object); the message names the entry.
-
-    The file is first written to a temporary file in the same folder, then moved over ``path``
-    with ``os.replace``, which is atomic: a crash or interrupt mid-save leaves the old file intact.
+        e.g. "Intel(R) Xeon(R) Processor, 2 threads, ATen AVX512" — the model name from
+        /proc/cpuinfo (``platform.processor()`` elsewhere), torch's thread count and
+        ``torch.backends.cpu.get_cpu_capability()`` (which ``ATEN_CPU_CAPABILITY=avx2`` lowers).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "arch": arch or type(model).__name__,
-        "model_kwargs": dict(model_kwargs or {}),
-        "class_names": list(class_names) if class_names is not None else None,
-        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "torch_version": str(torch.__version__),
-        **extra,
-    }
-    _check_plain(state, "checkpoint")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    import platform
+
+    model = platform.processor() or platform.machine()
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = None, *,
-                    arch: str | None = None, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint`` and, if given a model, load its weights.
-
-    Args:
-        path: the checkpoint file.
-        model: a model to load the weights into (strictly: every key and shape must match).
-        arch: the architecture expected; defaults to ``type(model).__name__`` when a model is given.
-        map_location: where tensors go (default CPU; move the model afterwards).
-
-    Returns:
-        the checkpoint dict: ``arch``, ``model_kwargs``, ``class_names``, ``metrics``,
-        ``state_dict`` and whatever extra entries were saved.
-
-    Raises:
-        CheckpointError: the file does not exist, is not a readable checkpoint (truncated,
-            corrupt, or not made by ``save_checkpoint``), or holds another architecture or
-            other tensor shapes than the model.
-
-    Uses ``torch.load(weights_only=True)``: only tensors and plain Python values are read.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: train the model first (the lesson saves it "
-                              "with cvlab.utils.save_checkpoint), or check the path")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200]}). The file may be truncated or "
-                              "corrupt: delete it and save the model again.") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
-        raise CheckpointError(f"{path} was not written by cvlab.utils.save_checkpoint (no 'arch' "
-                              "and 'state_dict' entries); for a bare state_dict use "
-                              "model.load_state_dict(torch.load(path, weights_only=True))")
-    expected = arch or (type(model).__name__ if model is not None else None)
-    if expected is not None and ckpt["arch"] != expected:
-        raise CheckpointError(f"{path} holds a {ckpt['arch']!r} model, but a {expected!r} was "
-                              f"expected: build a {ckpt['arch']} (cvlab.models.load_model(path) "
-                              "does that for you) or pick the checkpoint of this model")
-    if model is not None:
-        own = model.state_dict()
-        missing = sorted(set(own) - set(ckpt["state_dict"]))
-        unexpected = sorted(set(ckpt["state_dict"]) - set(own))
-        wrong = [k for k in own if k in ckpt["state_dict"] and own[k].shape != ckpt["state_dict"][k].shape]
-        if missing or unexpected or wrong:
-            detail = "; ".join(
-                f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-                for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                    ("other shape", wrong)) if keys)
-            raise CheckpointError(f"{path} does not fit this {expected} ({detail}). It was saved "
-                                  f"with model_kwargs={ckpt.get('model_kwargs')}: build the model "
-                                  "with those arguments, or use cvlab.models.load_model(path)")
-        model.load_state_dict(ckpt["state_dict"])
-    return ckpt
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
+    return f"{model}, {torch.get_num_threads()} threads, ATen {capability}"

@@ -3,7 +3,8 @@
 
 Images may be given as a tensor or array shaped (N, C, H, W) (C = 1 or 3), (N, H, W), or a single
 (C, H, W) / (H, W) image; uint8 in [0, 255] or float in [0, 1] (``normalize=True`` rescales
-anything else, such as feature maps, to [0, 1] per image).
+anything else, such as feature maps, to [0, 1] per image); ``cvlab.images.images_to_numpy``
+checks and converts them.
 """
 from __future__ import annotations
 
@@ -14,56 +15,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-__all__ = ["images_to_numpy", "overlay_heatmap", "plot_confusion_matrix", "plot_heatmaps", "plot_history",
+from .images import images_to_numpy
+
+__all__ = ["overlay_heatmap", "plot_confusion_matrix", "plot_heatmaps", "plot_history",
            "plot_model_comparison", "plot_predictions", "show_images"]
-
-
-def images_to_numpy(images, normalize: bool = False) -> np.ndarray:
-    """Check and convert a batch of images for plotting.
-
-    Args:
-        images: see the module docstring.
-        normalize: rescale each image to [0, 1] by its own min and max.
-
-    Returns:
-        float array (N, H, W, C) in [0, 1], C = 1 or 3.
-
-    Raises:
-        TypeError: not a tensor or array, or a dtype that is neither uint8 nor floating point.
-        ValueError: a shape that is not an image batch, a channel count other than 1 or 3,
-            or float values outside [0, 1] without ``normalize=True``.
-    """
-    if isinstance(images, torch.Tensor):
-        arr = images.detach().cpu().numpy()
-    elif isinstance(images, np.ndarray):
-        arr = images
-    else:
-        raise TypeError(f"expected images as a torch.Tensor or numpy array, got {type(images).__name__}")
-    shape = arr.shape
-    if arr.ndim == 2:
-        arr = arr[None, None]
-    elif arr.ndim == 3:
-        # one (C, H, W) image with C in {1, 3}, else a batch (N, H, W) of grayscale images
-        arr = arr[None] if shape[0] in (1, 3) else arr[:, None]
-    elif arr.ndim != 4:
-        raise ValueError(f"expected images shaped (N, C, H, W), (N, H, W), (C, H, W) or (H, W), got {shape}")
-    if arr.shape[1] not in (1, 3):
-        hint = " (that looks like HWC: use img.permute(2, 0, 1) for a tensor)" if arr.shape[-1] in (1, 3) else ""
-        raise ValueError(f"expected 1 or 3 channels in axis 1 of (N, C, H, W), got shape {shape}{hint}")
-    if arr.dtype == np.uint8:
-        arr = arr.astype(np.float32) / 255.0
-    elif np.issubdtype(arr.dtype, np.floating):
-        arr = arr.astype(np.float32)
-        if normalize:
-            lo = arr.min(axis=(1, 2, 3), keepdims=True)
-            hi = arr.max(axis=(1, 2, 3), keepdims=True)
-            arr = (arr - lo) / np.maximum(hi - lo, 1e-12)
-        elif arr.size and (np.nanmin(arr) < -1e-6 or np.nanmax(arr) > 1 + 1e-6):
-            raise ValueError(f"float images must be in [0, 1], got values in [{np.nanmin(arr):.3g}, "
-                             f"{np.nanmax(arr):.3g}]; undo the normalisation first or pass normalize=True")
-    else:
-        raise TypeError(f"expected uint8 or floating-point images, got dtype {arr.dtype}")
-    return np.transpose(arr, (0, 2, 3, 1))
 
 
 def _grid(n: int, ncols: int, size: float) -> tuple[Figure, np.ndarray]:

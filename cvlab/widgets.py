@@ -11,11 +11,13 @@ from torch import nn
 
 from torchvision.transforms import v2
 
-from .data import to_float_images
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
-from .visualization import images_to_numpy
+from .images import images_to_numpy, read_photo, sample_photos, to_float_images
+from .interpretation import GradCAM
+from .models import find_layer
+from .transforms import AUGMENTATION_SPECS, IMAGENET_MEAN, IMAGENET_STD, denormalize
+from .visualization import plot_heatmaps
 
-__all__ = ["AUGMENTATION_SPECS", "AugmentationExplorer", "GradCAMExplorer", "PredictionBrowser"]
+__all__ = ["AugmentationExplorer", "GradCAMExplorer", "PredictionBrowser"]
 
 
 class PredictionBrowser:
@@ -75,10 +77,11 @@ class PredictionBrowser:
         x = self.images[index:index + 1]
         x = to_float_images(x) if x.dtype == torch.uint8 else x.float()
         was_training = self.model.training
-        self.model.eval()
         device = next(self.model.parameters()).device
-        probs = torch.softmax(self.model(x.to(device)), dim=1)[0].cpu()
-        self.model.train(was_training)
+        try:
+            probs = torch.softmax(self.model.eval()(x.to(device)), dim=1)[0].cpu()
+        finally:
+            self.model.train(was_training)
         top_p, top_i = probs.topk(self.k)
         true = self.class_names[int(self.labels[index])]
         predicted = self.class_names[int(top_i[0])]
@@ -134,52 +137,12 @@ class PredictionBrowser:
         return w.VBox([w.HBox([cls, pos]), out])
 
 
-# transform name -> (factory taking the parameters, {parameter: (min, max, step, default)}).
-# Factories build the v2 transform with p=1 where torchvision has a probability, so the
-# explorer always shows the effect; the random ones draw from torch's RNG, seeded per call.
-AUGMENTATION_SPECS: dict = {
-    "RandomResizedCrop": (lambda min_scale: v2.RandomResizedCrop(224, scale=(min_scale, 1.0), antialias=True),
-                          {"min_scale": (0.05, 1.0, 0.05, 0.3)}),
-    "HorizontalFlip": (lambda: v2.RandomHorizontalFlip(p=1.0), {}),
-    "RandomRotation": (lambda degrees: v2.RandomRotation((degrees, degrees)), {"degrees": (-180.0, 180.0, 5.0, 30.0)}),
-    "RandomAffine": (lambda degrees, translate, scale, shear: v2.RandomAffine(
-        degrees=degrees, translate=(translate, translate), scale=(scale, scale), shear=shear),
-        {"degrees": (0.0, 90.0, 5.0, 15.0), "translate": (0.0, 0.5, 0.05, 0.1), "scale": (0.5, 1.5, 0.05, 1.0),
-         "shear": (0.0, 45.0, 5.0, 10.0)}),
-    "RandomPerspective": (lambda distortion_scale: v2.RandomPerspective(distortion_scale, p=1.0),
-                          {"distortion_scale": (0.0, 1.0, 0.05, 0.5)}),
-    "ElasticTransform": (lambda alpha, sigma: v2.ElasticTransform(alpha=alpha, sigma=sigma),
-                         {"alpha": (0.0, 250.0, 10.0, 50.0), "sigma": (1.0, 10.0, 0.5, 5.0)}),
-    "ColorJitter": (lambda brightness, contrast, saturation, hue: v2.ColorJitter(brightness, contrast, saturation, hue),
-                    {"brightness": (0.0, 1.0, 0.05, 0.4), "contrast": (0.0, 1.0, 0.05, 0.4),
-                     "saturation": (0.0, 1.0, 0.05, 0.4), "hue": (0.0, 0.5, 0.02, 0.1)}),
-    "Grayscale": (lambda: v2.Grayscale(num_output_channels=3), {}),
-    "RandomAutocontrast": (lambda: v2.RandomAutocontrast(p=1.0), {}),
-    "RandomEqualize": (lambda: v2.RandomEqualize(p=1.0), {}),
-    "RandomPosterize": (lambda bits: v2.RandomPosterize(int(bits), p=1.0), {"bits": (1, 8, 1, 3)}),
-    "RandomSolarize": (lambda threshold: v2.RandomSolarize(threshold, p=1.0), {"threshold": (0, 255, 5, 128)}),
-    "RandomAdjustSharpness": (lambda sharpness_factor: v2.RandomAdjustSharpness(sharpness_factor, p=1.0),
-                              {"sharpness_factor": (0.0, 10.0, 0.5, 4.0)}),
-    "GaussianBlur": (lambda sigma: v2.GaussianBlur(kernel_size=2 * int(3 * sigma) + 1, sigma=sigma),
-                     {"sigma": (0.5, 8.0, 0.5, 2.0)}),
-    "RandomErasing": (lambda max_area: v2.Compose([v2.ToDtype(torch.float32, scale=True),
-                                                   v2.RandomErasing(p=1.0, scale=(0.02, max_area), value=0),
-                                                   v2.ToDtype(torch.uint8, scale=True)]),
-                      {"max_area": (0.02, 0.5, 0.02, 0.2)}),
-    "AutoAugment": (lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET), {}),
-    "RandAugment": (lambda num_ops, magnitude: v2.RandAugment(num_ops=int(num_ops), magnitude=int(magnitude)),
-                    {"num_ops": (1, 5, 1, 2), "magnitude": (0, 30, 1, 9)}),
-    "TrivialAugmentWide": (lambda: v2.TrivialAugmentWide(), {}),
-    "AugMix": (lambda severity: v2.AugMix(severity=int(severity)), {"severity": (1, 10, 1, 3)}),
-}
-
-
 class AugmentationExplorer:
     """Try torchvision ``transforms.v2`` augmentations on real photos, with sliders for their parameters.
 
     Args:
         images: name -> uint8 image tensor (C, H, W), C = 3; by default a few photos from
-            ``cvlab.data.sample_photos()``, centre-cropped to 224x224.
+            ``cvlab.images.sample_photos()``, centre-cropped to 224x224.
 
     The logic is ``apply(image, transform, seed, **params)``; ``widget()`` wires it to controls.
 
@@ -189,7 +152,6 @@ class AugmentationExplorer:
 
     def __init__(self, images: dict[str, torch.Tensor] | None = None):
         if images is None:
-            from .data import read_photo, sample_photos
             square = v2.Compose([v2.Resize(224, antialias=True), v2.CenterCrop(224)])
             images = {n: square(read_photo(n)) for n in ("chelsea", "astronaut", "coffee", "rocket") if n in sample_photos()}
         for name, img in images.items():
@@ -225,8 +187,9 @@ class AugmentationExplorer:
             if not lo <= value <= hi:
                 raise ValueError(f"{transform}: {name} must be in [{lo}, {hi}], got {value}")
             values[name] = value
-        torch.manual_seed(seed)
-        return AUGMENTATION_SPECS[transform][0](**values)(self.images[image])
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is left untouched
+            torch.manual_seed(seed)
+            return AUGMENTATION_SPECS[transform][0](**values)(self.images[image])
 
     def figure(self, image: str, transform: str, seed: int = 0, **params):
         """Original and transformed image side by side; returns the Figure."""
@@ -301,8 +264,6 @@ class GradCAMExplorer:
     def __init__(self, model: nn.Module, inputs: dict[str, torch.Tensor], class_names: Sequence[str],
                  layers: Sequence[str], *, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, top_k: int = 5):
-        from .models import find_layer
-
         if not inputs:
             raise ValueError("give at least one input image: {name: preprocessed (C, H, W) tensor}")
         for name, x in inputs.items():
@@ -315,7 +276,7 @@ class GradCAMExplorer:
             find_layer(model, layer)
         if not 1 <= top_k <= len(class_names):
             raise ValueError(f"top_k must be in 1..{len(class_names)}, got {top_k}")
-        self.model = model.eval()
+        self.model = model
         self.inputs = dict(inputs)
         self.class_names = list(class_names)
         self.layers = list(layers)
@@ -331,7 +292,11 @@ class GradCAMExplorer:
     @torch.inference_mode()
     def classes(self, image: str) -> list[tuple[int, str, float]]:
         """The ``top_k`` most probable classes: ``(class index, name, probability in %)``, best first."""
-        probs = self.model(self._input(image)[None]).softmax(1)[0]
+        was_training = self.model.training
+        try:
+            probs = self.model.eval()(self._input(image)[None]).softmax(1)[0]
+        finally:
+            self.model.train(was_training)
         top = probs.topk(self.top_k)
         return [(int(i), self.class_names[int(i)], 100 * float(p)) for p, i in zip(top.values, top.indices)]
 
@@ -345,8 +310,6 @@ class GradCAMExplorer:
         Raises:
             ValueError: an unknown image, a layer not offered, or a class out of range.
         """
-        from .interpretation import GradCAM
-
         x = self._input(image)
         layer = self.layers[0] if layer is None else layer
         if layer not in self.layers:
@@ -362,9 +325,6 @@ class GradCAMExplorer:
 
     def figure(self, image: str, target: int | None = None, layer: str | None = None):
         """The image and its Grad-CAM overlay for the class and layer; returns the Figure."""
-        from .transforms import denormalize
-        from .visualization import plot_heatmaps
-
         top = self.classes(image)
         probs = {i: p for i, _, p in top}
         target = top[0][0] if target is None else int(target)

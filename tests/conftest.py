@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cvlab.data import FASHION_MNIST_SHA256, data_root  # noqa: E402
+from cvlab.datasets import FASHION_MNIST_SHA256, data_root  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cvlab.__main__ import main
-from cvlab.data import FASHION_MNIST_CLASSES, fashion_mnist_tensors, write_image_folder
+from cvlab.datasets import FASHION_MNIST_CLASSES, fashion_mnist_tensors, write_image_folder
 from cvlab.models import load_model
 
 

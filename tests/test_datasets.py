@@ -1,12 +1,13 @@
-import gzip
+"""cvlab.datasets: Fashion-MNIST checked by sha256, image folders, bad files and class statistics."""
 import shutil
 
+import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from PIL import Image
 from torchvision.transforms import v2
 
-from cvlab import data as D
+from cvlab import datasets as D
 
 
 def test_data_root_precedence(tmp_path, monkeypatch):
@@ -69,148 +70,98 @@ def test_corrupt_byte_is_refused(fmnist_root, tmp_path):
         D.fashion_mnist("test", root=tmp_path)
 
 
-def _make_mirror(fmnist_root, mirror, corrupt=None):
-    mirror.mkdir()
-    for name in D.FASHION_MNIST_SHA256:
-        payload = (fmnist_root / "FashionMNIST" / "raw" / name).read_bytes()
-        if name == corrupt:
-            payload = payload[:-10]
-        with gzip.open(mirror / f"{name}.gz", "wb", compresslevel=1) as f:
-            f.write(payload)
+def test_verify_fashion_mnist_names_the_missing_files(tmp_path):
+    with pytest.raises(D.DatasetNotFoundError, match="missing t10k-labels-idx1-ubyte.*python course.py setup"):
+        D.verify_fashion_mnist(tmp_path, ["t10k-labels-idx1-ubyte"])
 
 
-def test_prepare_from_mirror_is_idempotent(fmnist_root, tmp_path, capsys):
-    _make_mirror(fmnist_root, tmp_path / "mirror")
-    raw = D.prepare_fashion_mnist(tmp_path / "root", mirror=tmp_path / "mirror", allow_apt=False, allow_download=False)
-    assert sorted(p.name for p in raw.iterdir()) == sorted(D.FASHION_MNIST_SHA256)
-    assert "decompressing" in capsys.readouterr().out
-    D.prepare_fashion_mnist(tmp_path / "root", mirror=tmp_path / "mirror", allow_apt=False, allow_download=False)
-    assert "in place" in capsys.readouterr().out
-    assert len(D.fashion_mnist("test", root=tmp_path / "root")) == 10_000
+# --- image folders --------------------------------------------------------------------------------
 
-
-def test_prepare_from_corrupt_mirror_fails(fmnist_root, tmp_path):
-    _make_mirror(fmnist_root, tmp_path / "mirror", corrupt="train-labels-idx1-ubyte")
-    with pytest.raises(D.CorruptDatasetError, match="train-labels-idx1-ubyte"):
-        D.prepare_fashion_mnist(tmp_path / "root", mirror=tmp_path / "mirror", allow_apt=False,
-                                allow_download=False, verbose=False)
-
-
-def test_prepare_without_any_source_says_what_was_tried(tmp_path):
-    with pytest.raises(D.DatasetNotFoundError, match="local mirror") as info:
-        D.prepare_fashion_mnist(tmp_path, mirror=tmp_path / "nowhere", allow_apt=False,
-                                allow_download=False, verbose=False)
-    assert "apt-get install dataset-fashion-mnist" in str(info.value)
-
-
-def test_in_memory_loader_equals_dataloader(fmnist_root):
-    """Both loading paths give exactly the same float images and labels, batch by batch."""
+@pytest.fixture
+def folder(tmp_path, fmnist_root):
     x, y = D.fashion_mnist_tensors("test")
-    fast = D.InMemoryLoader(x, y, batch_size=500)
-    transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
-    slow = DataLoader(D.fashion_mnist("test", transform=transform), batch_size=500)
-    n = 0
-    for (xa, ya), (xb, yb) in zip(fast, slow, strict=True):
-        assert xa.dtype == xb.dtype == torch.float32
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
-        n += len(ya)
-    assert n == 10_000
+    keep = torch.cat([torch.nonzero(y == c).flatten()[:5] for c in (0, 7, 9)])
+    return D.write_image_folder(tmp_path / "imgs", x[keep], y[keep], D.FASHION_MNIST_CLASSES), x[keep], y[keep]
 
 
-def test_loaders_same_contract_both_ways(fmnist_root):
-    for in_memory in (True, False):
-        train, test = D.fashion_mnist_loaders(64, in_memory=in_memory, train_limit=256)
-        x, y = next(iter(train))
-        assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
-        assert y.shape == (64,) and y.dtype == torch.int64
-        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
-        assert len(train) == 4 and len(test) == 157
-    with pytest.raises(ValueError, match="train_limit"):
-        D.fashion_mnist_loaders(train_limit=0)
+def test_write_and_read_an_image_folder(folder):
+    root, x, y = folder
+    ds = D.image_folder(root, transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
+    assert ds.classes == ["Ankle boot", "Sneaker", "T-shirt_top"]  # sorted folder names, "/" replaced
+    assert len(ds) == 15
+    img, label = ds[0]
+    assert img.shape == (3, 28, 28) and img.dtype == torch.float32
+    gray = D.image_folder(root, mode="GRAY")[0][0]
+    assert gray.mode == "L"
+    # the pixels written are the pixels read back (PNG is lossless)
+    ankle_boots = x[y == 9]
+    assert torch.equal(torch.from_numpy(np.array(gray))[None], ankle_boots[0])
 
 
-def test_dataloader_with_workers(fmnist_root):
-    train, _ = D.fashion_mnist_loaders(32, in_memory=False, num_workers=2, train_limit=128)
-    assert sum(len(y) for _, y in train) == 128
+def test_image_folder_converts_odd_formats(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.fromarray(np.full((6, 6, 4), 90, np.uint8), "RGBA").save(tmp_path / "a" / "rgba.png")
+    Image.fromarray(np.full((6, 6), 65535, np.uint16)).save(tmp_path / "a" / "deep.png")
+    Image.fromarray(np.full((6, 6), 30, np.uint8), "L").save(tmp_path / "a" / "gray.png")
+    Image.fromarray(np.full((6, 6), 3, np.uint8), "P").save(tmp_path / "a" / "palette.gif")
+    ds = D.image_folder(tmp_path)
+    for img, _ in ds:
+        assert img.mode == "RGB" and img.size == (6, 6)
+    assert D.find_bad_images(tmp_path) == []
 
 
-def test_in_memory_loader_shuffling(toy_data):
-    images, labels = toy_data
-    a = D.InMemoryLoader(images, labels, 32, shuffle=True, seed=1)
-    b = D.InMemoryLoader(images, labels, 32, shuffle=True, seed=1)
-    epoch_a1 = torch.cat([y for _, y in a])
-    epoch_b1 = torch.cat([y for _, y in b])
-    assert torch.equal(epoch_a1, epoch_b1)  # same seed, same order
-    xa = torch.cat([x for x, _ in a])
-    # every sample exactly once per epoch, in a new order each epoch
-    assert sorted(xa.flatten(1).sum(1).tolist()) == sorted(D.to_float_images(images).flatten(1).sum(1).tolist())
-    assert len(a) == 7 and len(D.InMemoryLoader(images, labels, 32, drop_last=True)) == 6
-    sizes = [len(y) for _, y in D.InMemoryLoader(images, labels, 32)]
-    assert sizes == [32] * 6 + [8]
+def test_corrupt_file_is_named(tmp_path, folder):
+    root, _, _ = folder
+    bad = root / "Sneaker" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really")
+    (root / "Sneaker" / "empty.jpg").write_bytes(b"")
+    found = D.find_bad_images(root)
+    assert [p.name for p, _ in found] == ["broken.png", "empty.jpg"]
+    ds = D.image_folder(root)
+    idx = [i for i, (p, _) in enumerate(ds.samples) if p.endswith("broken.png")][0]
+    with pytest.raises(ValueError, match="broken.png"):
+        ds[idx]
 
 
-def test_in_memory_loader_passes_float_inputs_through(toy_data):
-    """Features cached from a frozen backbone are float (N, D): batched as they are, not rescaled."""
-    images, labels = toy_data
-    features = images.flatten(1).float() * 3.0
-    batches = list(D.InMemoryLoader(features, labels, 64))
-    assert torch.equal(torch.cat([x for x, _ in batches]), features)
-    assert torch.equal(torch.cat([y for _, y in batches]), labels)
+def test_find_bad_images_in_a_missing_folder_is_an_error(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(D.DatasetNotFoundError) as info:
+        D.find_bad_images(missing)
+    assert str(missing) in str(info.value)
 
 
-def test_in_memory_loader_bad_input(toy_data):
-    images, labels = toy_data
+def test_missing_or_empty_image_folder(tmp_path):
+    with pytest.raises(D.DatasetNotFoundError, match="<class name>"):
+        D.image_folder(tmp_path / "nope")
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(D.DatasetNotFoundError, match="no class folders with images"):
+        D.image_folder(tmp_path / "empty")
+
+
+def test_write_image_folder_bad_input(tmp_path):
     with pytest.raises(TypeError, match="uint8"):
-        D.InMemoryLoader(images.int(), labels)
-    with pytest.raises(TypeError, match="unsqueeze"):
-        D.InMemoryLoader(images[:, 0], labels)
-    with pytest.raises(ValueError, match="200 images but 199 labels"):
-        D.InMemoryLoader(images, labels[:-1])
-    with pytest.raises(ValueError, match="batch_size"):
-        D.InMemoryLoader(images, labels, batch_size=0)
-    with pytest.raises(TypeError, match="1-D integer"):
-        D.InMemoryLoader(images, labels.float())
+        D.write_image_folder(tmp_path, torch.rand(2, 1, 4, 4), torch.tensor([0, 1]), ["a", "b"])
+    with pytest.raises(ValueError, match="2 images but 1 labels"):
+        D.write_image_folder(tmp_path, torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0]), ["a"])
 
 
-def test_to_float_images(toy_data):
-    images, _ = toy_data
-    out = D.to_float_images(images)
-    assert out.dtype == torch.float32 and torch.equal(out, v2.ToDtype(torch.float32, scale=True)(images))
-    assert torch.allclose(out * 255, images.float())
-    with pytest.raises(TypeError, match="uint8"):
-        D.to_float_images(out)
+def test_image_folder_pickles_for_spawned_workers(folder):
+    """Windows and macOS start DataLoader workers with "spawn": the dataset must pickle."""
+    import pickle
+    root, _, _ = folder
+    ds = pickle.loads(pickle.dumps(D.image_folder(root, mode="GRAY")))
+    assert ds[0][0].mode == "L"
 
 
-def test_sample_photos_and_read_photo(tmp_path):
-    photos = D.sample_photos()
-    assert {"chelsea", "coffee", "astronaut", "rocket", "grace_hopper", "china", "flower"} <= set(photos)
-    cat = D.read_photo("chelsea")
-    assert cat.shape == (3, 300, 451) and cat.dtype == torch.uint8
-    import skimage.data
-    assert torch.equal(cat.permute(1, 2, 0), torch.from_numpy(skimage.data.chelsea()))
-    assert D.read_photo(photos["grace_hopper"], mode="GRAY").shape[0] == 1
-    with pytest.raises(ValueError, match="one of"):
-        D.read_photo("unicorn")
-    with pytest.raises(ValueError, match="mode"):
-        D.read_photo("chelsea", mode="CMYK")
-    with pytest.raises(FileNotFoundError):
-        D.read_photo(tmp_path / "none.png")
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(photos["grace_hopper"].read_bytes()[:300])
-    with pytest.raises(ValueError, match="broken.jpg"):
-        D.read_photo(broken)
+# --- class statistics -----------------------------------------------------------------------------
 
-
-def test_read_photo_modes_and_bit_depths(tmp_path):
-    import numpy as np
-    from PIL import Image
-    rgba = np.zeros((4, 5, 4), np.uint8); rgba[..., 0] = 200; rgba[..., 3] = 128
-    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
-    assert D.read_photo(tmp_path / "rgba.png").shape == (3, 4, 5)
-    assert D.read_photo(tmp_path / "rgba.png", mode="UNCHANGED").shape == (4, 4, 5)
-    Image.fromarray(np.full((4, 5), 77, np.uint8), "L").save(tmp_path / "gray.png")
-    rgb = D.read_photo(tmp_path / "gray.png")
-    assert rgb.shape == (3, 4, 5) and int(rgb.min()) == int(rgb.max()) == 77
-    Image.fromarray(np.full((4, 5), 65535, np.uint16)).save(tmp_path / "deep.png")
-    deep = D.read_photo(tmp_path / "deep.png", mode="UNCHANGED")
-    assert deep.shape == (1, 4, 5) and deep.dtype == torch.uint8 and int(deep.max()) == 255
+def test_class_counts_and_weights():
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    assert D.class_counts(labels, 3).tolist() == [8, 2, 0]
+    w = D.class_weights(labels, 3)
+    assert w.tolist() == pytest.approx([10 / (3 * 8), 10 / (3 * 2), 0.0])
+    from sklearn.utils.class_weight import compute_class_weight
+    assert D.class_weights(labels, 2).tolist() == pytest.approx(
+        compute_class_weight("balanced", classes=np.array([0, 1]), y=labels.numpy()).tolist())
+    with pytest.raises(ValueError, match="0..1"):
+        D.class_counts(torch.tensor([0, 2]), 2)

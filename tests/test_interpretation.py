@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from cvlab.data import read_photo
-from cvlab.interpretation import GradCAM, find_layer
-from cvlab.models import CompactCNN, pretrained
+from cvlab.images import read_photo
+from cvlab.interpretation import GradCAM
+from cvlab.models import CompactCNN, find_layer
+from cvlab.pretrained import pretrained
 
 
 @pytest.fixture(scope="module")

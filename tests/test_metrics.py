@@ -4,7 +4,7 @@ import torch
 from sklearn import metrics as skm
 
 from cvlab import metrics as M
-from cvlab.data import InMemoryLoader
+from cvlab.loaders import InMemoryLoader
 from cvlab.models import LinearModel
 
 NAMES = ["cat", "dog", "owl", "fox"]
@@ -62,10 +62,31 @@ def test_bad_label_inputs():
         M.accuracy([], [])
 
 
-def test_predict_shapes(toy_data):
+def test_predict_returns_probabilities_then_labels(toy_data):
     images, labels = toy_data
+    torch.manual_seed(0)
     model = LinearModel(in_features=64, num_classes=2)
-    y, probs = M.predict(model, InMemoryLoader(images, labels, 64), device="cpu")
-    assert torch.equal(y, labels) and probs.shape == (200, 2) and probs.dtype == torch.float32
-    assert torch.allclose(probs.sum(1), torch.ones(200))
-    assert not model.training
+    p = M.predict(model, InMemoryLoader(images, labels, 64), device="cpu")
+    assert isinstance(p, M.Predictions)
+    assert p.probs.shape == (200, 2) and p.probs.dtype == torch.float32
+    assert torch.allclose(p.probs.sum(1), torch.ones(200))
+    with torch.no_grad():
+        expected = torch.softmax(model(images.float() / 255), 1)
+    assert torch.allclose(p.probs, expected, atol=1e-6)
+    assert torch.equal(p.labels, labels) and p.labels.dtype == torch.int64
+    assert torch.equal(p.preds, p.probs.argmax(1))
+    probs, y_true = p  # outputs first, then labels, as extract_features
+    assert probs is p.probs and y_true is p.labels
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_predict_restores_the_mode(toy_data, training):
+    images, labels = toy_data
+    model = LinearModel(in_features=64, num_classes=2).train(training)
+    M.predict(model, InMemoryLoader(images, labels, 64), device="cpu")
+    assert model.training is training
+
+
+def test_predict_on_an_empty_loader():
+    with pytest.raises(ValueError, match="no batches"):
+        M.predict(LinearModel(in_features=64, num_classes=2), [], device="cpu")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cvlab import models as M
-from cvlab.utils import CheckpointError, save_checkpoint
+from cvlab.checkpoints import CheckpointError, save_checkpoint
 
 
 @pytest.mark.parametrize("arch, kwargs, params", [
@@ -70,3 +70,10 @@ def test_compact_cnn_without_batch_norm():
     assert plain(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     # same architecture otherwise: conv biases replace the BatchNorm shifts and scales
     assert M.count_parameters(plain) == 29_178 - 2 * (16 + 32 + 64) + (16 + 32 + 64)
+
+
+def test_find_layer_names_the_nearest_layers():
+    model = M.CompactCNN()
+    assert M.find_layer(model, "features.4") is model.features[4]
+    with pytest.raises(ValueError, match="CompactCNN has no layer 'feature.4'; nearest: .*features.4"):
+        M.find_layer(model, "feature.4")

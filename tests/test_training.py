@@ -4,10 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from cvlab.data import InMemoryLoader
+from cvlab.checkpoints import CheckpointError, load_checkpoint
+from cvlab.history import History
+from cvlab.loaders import InMemoryLoader
 from cvlab.models import LinearModel
-from cvlab.training import FocalLoss, History, eval_step, fit, train_step
-from cvlab.utils import CheckpointError, load_checkpoint
+from cvlab.training import evaluate, fit, train_one_epoch
 
 
 def _model(seed=0):
@@ -25,10 +26,10 @@ def test_steps_learn_and_weight_by_sample(toy_data):
     train, val = _loaders(toy_data)
     model, loss_fn = _model(), nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    before, _ = eval_step(model, val, loss_fn)
+    before, _ = evaluate(model, val, loss_fn)
     for _ in range(5):
-        train_step(model, train, loss_fn, opt)
-    after, acc = eval_step(model, val, loss_fn)
+        train_one_epoch(model, train, loss_fn, opt)
+    after, acc = evaluate(model, val, loss_fn)
     assert after < before and acc == 100.0
     # uneven batches (16, 16, 8): the step's accuracy equals the accuracy over all samples
     images, labels = toy_data
@@ -37,7 +38,7 @@ def test_steps_learn_and_weight_by_sample(toy_data):
         logits = model(images[:40].float() / 255)
     expected_loss = nn.functional.cross_entropy(logits, labels[:40]).item()
     expected_acc = 100 * (logits.argmax(1) == labels[:40]).float().mean().item()
-    loss, acc = eval_step(model, uneven, loss_fn)
+    loss, acc = evaluate(model, uneven, loss_fn)
     assert loss == pytest.approx(expected_loss, rel=1e-5) and acc == pytest.approx(expected_acc)
 
 
@@ -62,8 +63,8 @@ def test_fit_equals_hand_written_loop(toy_data):
     loss_fn = nn.CrossEntropyLoss()
     hand = []
     for _ in range(2):
-        tl, ta = train_step(model, train, loss_fn, opt)
-        vl, va = eval_step(model, val, loss_fn)
+        tl, ta = train_one_epoch(model, train, loss_fn, opt)
+        vl, va = evaluate(model, val, loss_fn)
         hand.append((tl, ta, vl, va))
     train, val = _loaders(toy_data)
     model = _model()
@@ -94,6 +95,46 @@ def test_scheduler_steps_per_batch(toy_data):
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=2 * len(train))
     fit(model, train, val, epochs=2, optimizer=opt, scheduler=sched, progress=False, device="cpu")
     assert sched.last_epoch == 2 * len(train)
+
+
+class RecordingFactory:
+    """A scheduler factory ``(optimizer, total_steps) -> scheduler`` that remembers its calls."""
+
+    def __init__(self):
+        self.calls, self.made = [], []
+
+    def __call__(self, optimizer, total_steps):
+        self.calls.append((optimizer, total_steps))
+        self.made.append(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
+        return self.made[-1]
+
+
+@pytest.mark.parametrize("scheduler_step", ["batch", "epoch"])
+def test_scheduler_factory_gets_the_number_of_steps(toy_data, scheduler_step):
+    train, val = _loaders(toy_data)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    factory = RecordingFactory()
+    fit(model, train, val, epochs=3, optimizer=opt, scheduler=factory, scheduler_step=scheduler_step,
+        progress=False, device="cpu")
+    steps = 3 * len(train) if scheduler_step == "batch" else 3
+    assert len(factory.calls) == 1 and factory.calls[0][0] is opt and factory.calls[0][1] == steps
+    assert factory.made[0].last_epoch == steps  # and fit stepped it exactly that often
+
+
+def test_scheduler_factory_one_cycle(toy_data):
+    """The recipe the notebooks use: no ``epochs * len(loader)`` to compute by hand."""
+    train, val = _loaders(toy_data)
+    model = _model()
+    h = fit(model, train, val, epochs=2, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), progress=False,
+            device="cpu", scheduler=lambda o, n: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=n))
+    assert len(h) == 2 and 0.01 < h["lr"][0] < 0.1 and h["lr"][1] < 0.01  # annealed from the peak toward zero
+
+
+def test_a_scheduler_that_is_neither_scheduler_nor_factory_is_refused(toy_data):
+    train, val = _loaders(toy_data)
+    with pytest.raises(TypeError, match="scheduler must be .*got float"):
+        fit(_model(), train, val, epochs=1, scheduler=0.1, progress=False, device="cpu")
 
 
 class InterruptingLoader:
@@ -220,26 +261,6 @@ def test_bfloat16_autocast_on_cpu(toy_data):
         fit(_model(), loader, epochs=1, amp_dtype="int8", device="cpu")
 
 
-def test_focal_loss():
-    torch.manual_seed(0)
-    logits, target = torch.randn(12, 4), torch.randint(0, 4, (12,))
-    weight = torch.tensor([1.0, 2.0, 0.5, 1.5])
-    assert torch.allclose(FocalLoss(gamma=0)(logits, target), nn.functional.cross_entropy(logits, target))
-    assert torch.allclose(FocalLoss(gamma=0, weight=weight)(logits, target),
-                          nn.functional.cross_entropy(logits, target, weight=weight))
-    p = torch.softmax(logits, 1)[torch.arange(12), target]
-    expected = -((1 - p) ** 2) * torch.log(p)
-    assert torch.allclose(FocalLoss(gamma=2, reduction="none")(logits, target), expected, atol=1e-6)
-    assert torch.allclose(FocalLoss(gamma=2, reduction="sum")(logits, target), expected.sum(), atol=1e-5)
-    # easy samples count less: a confident right answer is down-weighted far more than CE does
-    easy = torch.tensor([[8.0, 0, 0, 0]])
-    assert FocalLoss(2)(easy, torch.tensor([0])) < 1e-3 * nn.functional.cross_entropy(easy, torch.tensor([0]))
-    with pytest.raises(ValueError, match="gamma"):
-        FocalLoss(gamma=-1)
-    with pytest.raises(ValueError, match="reduction"):
-        FocalLoss(reduction="avg")
-
-
 def test_non_finite_loss_stops_with_advice(toy_data):
     train, val = _loaders(toy_data)
     model = _model()
@@ -258,9 +279,9 @@ def test_bad_arguments(toy_data):
     with pytest.raises(ValueError, match="monitor"):
         fit(_model(), train, val, monitor="accuracy")
     with pytest.raises(TypeError, match="pair of tensors"):
-        train_step(_model(), [([1, 2], [0, 1])], nn.CrossEntropyLoss(), torch.optim.SGD(_model().parameters(), lr=1))
+        train_one_epoch(_model(), [([1, 2], [0, 1])], nn.CrossEntropyLoss(), torch.optim.SGD(_model().parameters(), lr=1))
     with pytest.raises(ValueError, match="no batches"):
-        eval_step(_model(), [], nn.CrossEntropyLoss())
+        evaluate(_model(), [], nn.CrossEntropyLoss())
 
 
 def test_channels_last_trains_a_cnn(toy_data):

@@ -1,23 +1,12 @@
-"""Transfer-learning helpers: the model zoo, head replacement, freezing, parameter groups and
-feature caching."""
+"""cvlab.transfer: head replacement, freezing, parameter groups and feature caching."""
 import pytest
 import torch
 from torch import nn
 from torchvision import models as tvm
 
-from cvlab import models as M
-from cvlab.data import InMemoryLoader
-
-
-def test_model_zoo_reads_every_classification_model_without_downloading():
-    rows = M.model_zoo()
-    assert [r["model"] for r in rows] == sorted(tvm.list_models(module=tvm))
-    mobilenet = next(r for r in rows if r["model"] == "mobilenet_v2")
-    meta = tvm.MobileNet_V2_Weights.DEFAULT.meta
-    assert mobilenet["params_m"] == pytest.approx(meta["num_params"] / 1e6)
-    assert mobilenet["acc1"] == meta["_metrics"]["ImageNet-1K"]["acc@1"]
-    assert mobilenet["crop_size"] == 224
-    assert all(0 < r["acc1"] < 100 and r["params_m"] > 0 and r["gflops"] > 0 for r in rows)
+from cvlab.loaders import InMemoryLoader
+from cvlab.models import CompactCNN, count_parameters
+from cvlab.transfer import extract_features, freeze, param_groups, replace_head, unfreeze
 
 
 @pytest.mark.parametrize("name, head", [("mobilenet_v2", "classifier.1"), ("resnet18", "fc"), ("vit_b_16", "heads.head")])
@@ -25,30 +14,30 @@ def test_replace_head_finds_the_last_linear(name, head):
     torch.manual_seed(0)
     model = tvm.get_model(name, weights=None)
     old = model.get_submodule(head)
-    new = M.replace_head(model, 7)
+    new = replace_head(model, 7)
     assert model.get_submodule(head) is new and new.in_features == old.in_features and new.out_features == 7
     if name == "mobilenet_v2":
         assert model.eval()(torch.rand(2, 3, 64, 64)).shape == (2, 7)
 
 
 def test_replace_head_with_dropout_and_errors():
-    model = M.CompactCNN()
-    new = M.replace_head(model, 3, dropout=0.3)
+    model = CompactCNN()
+    new = replace_head(model, 3, dropout=0.3)
     assert isinstance(model.classifier[-1], nn.Sequential) and model.classifier[-1][1] is new
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 3)
     with pytest.raises(ValueError, match="no nn.Linear"):
-        M.replace_head(nn.Sequential(nn.Conv2d(1, 2, 3)), 3)
+        replace_head(nn.Sequential(nn.Conv2d(1, 2, 3)), 3)
     with pytest.raises(ValueError, match="num_classes"):
-        M.replace_head(model, 0)
+        replace_head(model, 0)
 
 
 def test_freeze_and_unfreeze_decide_what_the_optimizer_changes():
     torch.manual_seed(0)
-    model = M.CompactCNN()
-    total = M.count_parameters(model)
-    frozen = M.freeze(model.features)
-    assert frozen == M.count_parameters(model.features) and M.freeze(model.features) == 0  # idempotent
-    assert M.count_parameters(model, trainable_only=True) == total - frozen
+    model = CompactCNN()
+    total = count_parameters(model)
+    frozen = freeze(model.features)
+    assert frozen == count_parameters(model.features) and freeze(model.features) == 0  # idempotent
+    assert count_parameters(model, trainable_only=True) == total - frozen
     before = {n: p.clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     nn.functional.cross_entropy(model(torch.rand(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3])).backward()
@@ -56,20 +45,20 @@ def test_freeze_and_unfreeze_decide_what_the_optimizer_changes():
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]) == n.startswith("features."), n
         assert (p.grad is None) == n.startswith("features."), n
-    assert M.unfreeze(model.features) == frozen
-    assert M.count_parameters(model, trainable_only=True) == total
+    assert unfreeze(model.features) == frozen
+    assert count_parameters(model, trainable_only=True) == total
 
 
 def test_param_groups_give_each_part_its_learning_rate():
     model = tvm.mobilenet_v2(weights=None)
-    M.freeze(model.features[:14])
-    groups = M.param_groups(model, {"features": 1e-4, "features.18": 5e-4, "classifier": 1e-3})
+    freeze(model.features[:14])
+    groups = param_groups(model, {"features": 1e-4, "features.18": 5e-4, "classifier": 1e-3})
     by_name = {g["name"]: g for g in groups}
     assert {n: g["lr"] for n, g in by_name.items()} == {"features": 1e-4, "features.18": 5e-4, "classifier": 1e-3}
     ids = lambda ps: {id(p) for p in ps}  # noqa: E731
     assert ids(by_name["features.18"]["params"]) == ids(model.features[18].parameters())  # the longest name wins
     assert ids(by_name["features"]["params"]) == ids(p for m in model.features[14:18] for p in m.parameters())
-    assert sum(p.numel() for g in groups for p in g["params"]) == M.count_parameters(model, trainable_only=True)
+    assert sum(p.numel() for g in groups for p in g["params"]) == count_parameters(model, trainable_only=True)
     opt = torch.optim.AdamW(groups)
     assert [g["lr"] for g in opt.param_groups] == [1e-4, 5e-4, 1e-3]
 
@@ -77,9 +66,9 @@ def test_param_groups_give_each_part_its_learning_rate():
 def test_param_groups_errors():
     model = tvm.mobilenet_v2(weights=None)
     with pytest.raises(ValueError, match="nearest: .*classifier"):
-        M.param_groups(model, {"clasifier": 1e-3})
+        param_groups(model, {"clasifier": 1e-3})
     with pytest.raises(ValueError, match="not under any of .*features.0.0.weight"):
-        M.param_groups(model, {"classifier": 1e-3})
+        param_groups(model, {"classifier": 1e-3})
 
 
 def _small_frozen_net():
@@ -96,7 +85,7 @@ def test_extract_features_matches_the_module_and_keeps_batchnorm(toy_data):
     backbone, _ = _small_frozen_net()
     stats = backbone[1].running_mean.clone()
     loader = InMemoryLoader(images, labels, 32)
-    feats, ys = M.extract_features(backbone, loader, progress=False, device="cpu")
+    feats, ys = extract_features(backbone, loader, progress=False, device="cpu")
     x = torch.cat([xb for xb, _ in loader])
     with torch.no_grad():
         expected = backbone.eval()(x)
@@ -106,7 +95,7 @@ def test_extract_features_matches_the_module_and_keeps_batchnorm(toy_data):
     assert backbone.training, "the module's mode is restored"
     assert torch.equal(backbone[1].running_mean, stats), "BatchNorm statistics unchanged"
     dataset = torch.utils.data.TensorDataset(x, labels)  # a Dataset is batched for you
-    assert torch.allclose(M.extract_features(backbone, dataset, batch_size=64, progress=False)[0], expected)
+    assert torch.allclose(extract_features(backbone, dataset, batch_size=64, progress=False)[0], expected)
 
 
 def test_training_on_cached_features_equals_training_the_frozen_network(toy_data):
@@ -114,11 +103,11 @@ def test_training_on_cached_features_equals_training_the_frozen_network(toy_data
     images, labels = toy_data
     x = images.float() / 255
     backbone, head = _small_frozen_net()
-    M.freeze(backbone)
+    freeze(backbone)
     full = nn.Sequential(backbone, head)
     cached_head = nn.Linear(16, 2)
     cached_head.load_state_dict(head.state_dict())
-    feats, _ = M.extract_features(backbone, torch.utils.data.TensorDataset(x, labels), progress=False)
+    feats, _ = extract_features(backbone, torch.utils.data.TensorDataset(x, labels), progress=False)
     opt_full = torch.optim.SGD(head.parameters(), lr=0.5)
     opt_cached = torch.optim.SGD(cached_head.parameters(), lr=0.5)
     for idx in torch.arange(200).split(50):
@@ -135,6 +124,6 @@ def test_training_on_cached_features_equals_training_the_frozen_network(toy_data
 
 def test_extract_features_bad_data():
     with pytest.raises(ValueError, match="no batches"):
-        M.extract_features(nn.Identity(), [], progress=False)
+        extract_features(nn.Identity(), [], progress=False)
     with pytest.raises(ValueError, match=r"\(images, labels\) pairs"):
-        M.extract_features(nn.Identity(), [torch.zeros(2, 3)], progress=False)
+        extract_features(nn.Identity(), [torch.zeros(2, 3)], progress=False)

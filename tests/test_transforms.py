@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -6,7 +5,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cvlab import transforms as T
-from cvlab.data import fashion_mnist_tensors, read_photo
+from cvlab.datasets import fashion_mnist_tensors
+from cvlab.images import read_photo
 
 
 @pytest.mark.parametrize("augment", T.AUGMENTATIONS)
@@ -66,39 +66,21 @@ def test_bad_arguments():
 
 
 # --- any photo into an ImageNet-pretrained model -------------------------------------------------
-from cvlab.transforms import ToRGB, pretrained_transforms, to_rgb  # noqa: E402
+from cvlab.transforms import ToRGB, pretrained_transforms  # noqa: E402
 
 
-def test_to_rgb_tensors():
+def test_to_rgb_transform_is_cvlab_images_to_rgb():
+    """ToRGB is the transform form of cvlab.images.to_rgb (tested there), picklable for workers."""
+    import pickle
+
+    from cvlab.images import to_rgb
     gray = torch.randint(0, 256, (1, 5, 6), dtype=torch.uint8)
-    rgb = to_rgb(gray)
-    assert rgb.shape == (3, 5, 6) and all(torch.equal(rgb[c], gray[0]) for c in range(3))
-    assert to_rgb(gray[0]).shape == (3, 5, 6)
-    color = torch.randint(0, 256, (2, 3, 5, 6), dtype=torch.uint8)
-    assert to_rgb(color) is color
-    rgba = torch.cat([color, torch.full((2, 1, 5, 6), 255, dtype=torch.uint8)], dim=1)
-    assert torch.equal(to_rgb(rgba), color)  # opaque: the colours as they are
-    rgba[:, 3] = 0
-    assert bool((to_rgb(rgba) == 255).all())  # transparent: white
-    half = torch.tensor([[[0.2]], [[0.5]]])  # float gray + alpha 0.5 over white
-    assert torch.allclose(to_rgb(half), torch.full((3, 1, 1), 0.2 * 0.5 + 0.5))
-    with pytest.raises(ValueError, match="1-4 channels.*permute"):
-        to_rgb(torch.zeros(5, 6, 3))
-    with pytest.raises(TypeError, match="PIL image or a tensor"):
-        to_rgb([[0, 1]])
-
-
-def test_to_rgb_pil_modes():
-    rgba = Image.new("RGBA", (4, 3), (10, 20, 30, 0))
-    assert to_rgb(rgba).mode == "RGB" and to_rgb(rgba).getpixel((0, 0)) == (255, 255, 255)
-    assert to_rgb(Image.new("L", (4, 3), 77)).getpixel((1, 1)) == (77, 77, 77)
-    assert to_rgb(Image.new("P", (4, 3))).mode == "RGB"
-    deep = Image.fromarray(np.full((3, 4), 65535, dtype=np.uint16))
-    assert to_rgb(deep).getpixel((0, 0)) == (255, 255, 255)  # 16-bit white stays white
+    step = pickle.loads(pickle.dumps(ToRGB()))
+    assert torch.equal(step(gray), to_rgb(gray)) and step(gray).shape == (3, 5, 6)
 
 
 def test_pretrained_transforms_accept_gray_and_rgba_photos():
-    from cvlab.models import pretrained
+    from cvlab.pretrained import pretrained
 
     model, weights = pretrained("mobilenet_v2", "IMAGENET1K_V1", allow_download=False)
     preprocess = pretrained_transforms(weights)

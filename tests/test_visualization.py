@@ -4,7 +4,8 @@ import torch
 from matplotlib.figure import Figure
 
 from cvlab import visualization as V
-from cvlab.training import History
+from cvlab.history import History
+from cvlab.images import images_to_numpy
 
 
 @pytest.mark.parametrize("images", [
@@ -16,7 +17,7 @@ from cvlab.training import History
 def test_show_images_accepts_image_batches(images):
     fig = V.show_images(images, ncols=4, title="t")
     assert isinstance(fig, Figure)
-    assert V.images_to_numpy(images).shape[-1] in (1, 3)
+    assert images_to_numpy(images).shape[-1] in (1, 3)
 
 
 def test_show_images_titles_from_class_names():

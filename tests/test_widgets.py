@@ -49,7 +49,8 @@ def test_figure_and_widget_wiring(browser):
     slider.value = 3  # redraws without error
 
 
-from cvlab.widgets import AUGMENTATION_SPECS, AugmentationExplorer  # noqa: E402
+from cvlab.transforms import AUGMENTATION_SPECS  # noqa: E402
+from cvlab.widgets import AugmentationExplorer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,15 @@ def test_every_augmentation_applies_with_its_defaults(explorer, name):
     out = explorer.apply("chelsea", name, seed=1)
     assert out.dtype == torch.uint8 and out.shape[0] == 3
     assert torch.equal(out, explorer.apply("chelsea", name, seed=1))  # same seed, same result
+
+
+def test_apply_leaves_the_global_random_state_alone(explorer):
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    out = explorer.apply("chelsea", "RandomResizedCrop", seed=4)
+    assert torch.equal(torch.get_rng_state(), state), "apply must not reseed or advance torch's generator"
+    assert torch.equal(out, explorer.apply("chelsea", "RandomResizedCrop", seed=4))  # same seed, same crop
+    assert not torch.equal(out, explorer.apply("chelsea", "RandomResizedCrop", seed=5))  # the seed decides it
 
 
 def test_parameters_change_the_result(explorer):
@@ -101,8 +111,8 @@ from cvlab.widgets import GradCAMExplorer  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cam_explorer():
-    from cvlab.data import read_photo
-    from cvlab.models import pretrained
+    from cvlab.images import read_photo
+    from cvlab.pretrained import pretrained
     from cvlab.transforms import pretrained_transforms
 
     model, weights = pretrained("mobilenet_v2", "IMAGENET1K_V1", allow_download=False)

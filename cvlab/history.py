@@ -1,0 +1,122 @@
+"""What training measured, and what it decides from that: ``History`` keeps one record per
+epoch (losses, accuracies in %, learning rate, seconds); ``EarlyStopping`` follows one of those
+numbers and says when it improved (for ``best.pt``) and when to stop (Prechelt, 1998, "Early
+Stopping - But When?"). ``cvlab.training.fit`` uses both; ``plot_history`` draws a History.
+"""
+from __future__ import annotations
+
+import math
+
+__all__ = ["EarlyStopping", "History"]
+
+
+class History:
+    """What ``fit`` measured, one record per epoch.
+
+    Each record is a dict: ``epoch`` (1-based), ``train_loss``, ``train_acc`` (%), ``val_loss``,
+    ``val_acc`` (%) when there is a validation loader, ``lr`` (at the end of the epoch) and
+    ``seconds`` (wall clock for the epoch, training and evaluation). ``history["val_acc"]`` gives
+    one column as a list.
+
+    Attributes:
+        records: the list of per-epoch dicts.
+        interrupted: True when training was stopped by a KeyboardInterrupt.
+        stopped_early: True when early stopping ended training.
+    """
+
+    def __init__(self, records: list[dict[str, float]] | None = None):
+        self.records: list[dict[str, float]] = [dict(r) for r in records or []]
+        self.interrupted = False
+        self.stopped_early = False
+
+    def append(self, record: dict[str, float]) -> None:
+        """Add one epoch's record (a copy is kept)."""
+        self.records.append(dict(record))
+
+    def __getitem__(self, key: str) -> list[float]:
+        if not self.records or key not in self.records[0]:
+            known = sorted(self.records[0]) if self.records else []
+            raise KeyError(f"no column {key!r} in this history; columns: {known}")
+        return [r[key] for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def total_seconds(self) -> float:
+        """Training time summed over the epochs, in seconds."""
+        return float(sum(r["seconds"] for r in self.records))
+
+    def last(self) -> dict[str, float]:
+        """The last epoch's record."""
+        if not self.records:
+            raise IndexError("the history is empty: no epoch finished")
+        return self.records[-1]
+
+    def best(self, key: str = "val_acc", mode: str = "max") -> dict[str, float]:
+        """The record with the highest (``mode="max"``) or lowest (``"min"``) ``key``.
+
+        Raises:
+            KeyError: no such column (the message lists the columns); ValueError: another mode.
+        """
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        values = self[key]
+        pick = max if mode == "max" else min
+        return self.records[values.index(pick(values))]
+
+    def __repr__(self) -> str:
+        flags = [f for f, on in ((", interrupted", self.interrupted), (", stopped early", self.stopped_early)) if on]
+        return f"History({len(self)} epochs{''.join(flags)})"
+
+
+class EarlyStopping:
+    """Follows one monitored number per epoch: says when it improved and when to stop.
+
+    Args:
+        monitor: "val_loss" or "train_loss" (lower is better), "val_acc" or "train_acc" (higher).
+        patience: stop after this many epochs without improvement (None: never stop; the
+            best epoch is still tracked for ``best.pt``).
+        min_delta: the smallest change that counts as an improvement.
+
+    Raises:
+        ValueError: an unknown ``monitor`` or a ``patience`` below 1.
+    """
+
+    MODES = {"val_loss": "min", "train_loss": "min", "val_acc": "max", "train_acc": "max"}
+
+    def __init__(self, monitor: str = "val_loss", patience: int | None = None, min_delta: float = 0.0):
+        if monitor not in self.MODES:
+            raise ValueError(f"monitor must be one of {sorted(self.MODES)}, got {monitor!r}")
+        if patience is not None and (not isinstance(patience, int) or patience < 1):
+            raise ValueError(f"early_stopping_patience must be an integer >= 1 or None, got {patience!r}")
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.sign = 1.0 if self.MODES[monitor] == "max" else -1.0
+        self.best_score, self.stale = -math.inf, 0
+
+    def update(self, record: dict[str, float]) -> bool:
+        """Take one epoch's record; return True when the monitored value improved."""
+        score = self.sign * record[self.monitor]
+        improved = score > self.best_score + self.min_delta
+        self.best_score, self.stale = (score, 0) if improved else (self.best_score, self.stale + 1)
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        """True once ``patience`` epochs in a row brought no improvement."""
+        return self.patience is not None and self.stale >= self.patience
+
+    @property
+    def best(self) -> float:
+        """The best monitored value so far, in its own units."""
+        return self.sign * self.best_score
+
+    def state_dict(self) -> dict[str, float]:
+        """``best_score`` (the best value times +1 for "max", -1 for "min") and ``stale_epochs``,
+        for a checkpoint."""
+        return {"best_score": self.best_score, "stale_epochs": self.stale}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore what ``state_dict`` returned (missing entries: a fresh start)."""
+        self.best_score, self.stale = state.get("best_score", -math.inf), state.get("stale_epochs", 0)
+

