@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -86,36 +87,71 @@ def _raw_folder(root: Path) -> Path:
 def verify_fashion_mnist(raw: Path, names: list[str] | None = None) -> None:
     """Check Fashion-MNIST's idx files in the folder ``raw`` against their sha256.
 
+    Every file is checked before anything is raised, so one message names all the files that
+    are missing or wrong.
+
     Args:
         raw: the folder (``<root>/FashionMNIST/raw``).
         names: the files to check (default: all four); a file already checked and unchanged
             (same size and modification time) is not hashed again in this process.
 
     Raises:
-        DatasetNotFoundError: a file is missing (the message names them and the set-up command).
-        CorruptDatasetError: a file's sha256 is wrong (truncated, corrupt or another file).
+        DatasetNotFoundError: a file is missing (the message names every missing file, and any
+            corrupt one, and the set-up command).
+        CorruptDatasetError: a file's sha256 is wrong (truncated, empty, corrupt or another file;
+            the message names every such file and the set-up command).
     """
-    names = list(FASHION_MNIST_SHA256) if names is None else names
+    raw = Path(raw)
+    names = list(FASHION_MNIST_SHA256) if names is None else list(names)
     missing = [n for n in names if not (raw / n).is_file()]
+    corrupt = [_file_problem(raw / n) for n in names if n not in missing]
+    corrupt = [c for c in corrupt if c]
+    fix = f"Delete the folder {raw} and run `{SETUP_COMMAND}` in the project folder to place a fresh copy."
     if missing:
+        gz = [n for n in missing if (raw / f"{n}.gz").is_file()]
         raise DatasetNotFoundError(
-            f"Fashion-MNIST not found in {raw} (missing {', '.join(missing)}). Run "
-            f"`{SETUP_COMMAND}` in the project folder to place it (offline from Debian's "
+            f"Fashion-MNIST not found in {raw} (missing {', '.join(missing)})"
+            + (f"; also corrupt: {'; '.join(corrupt)}" if corrupt else "") + ". "
+            + (f"{', '.join(n + '.gz' for n in gz)} is there but not decompressed (gunzip it). " if gz else "")
+            + f"Run `{SETUP_COMMAND}` in the project folder to place it (offline from Debian's "
             "dataset-fashion-mnist, or downloaded), or call "
             "cvlab.datasets.fashion_mnist(..., download=True) when you are online.")
-    for n in names:
-        p = raw / n
-        st = p.stat()
-        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-        if _verified.get(key):
-            continue
+    if corrupt:
+        raise CorruptDatasetError(f"Fashion-MNIST in {raw} is corrupt or truncated: {'; '.join(corrupt)}. {fix}")
+
+
+#: sizes in bytes of the decompressed idx files, to tell a truncated file from another one
+_FASHION_MNIST_SIZES = {"train-images-idx3-ubyte": 47_040_016, "train-labels-idx1-ubyte": 60_008,
+                        "t10k-images-idx3-ubyte": 7_840_016, "t10k-labels-idx1-ubyte": 10_008}
+
+
+def _file_problem(p: Path) -> str | None:
+    """None if the idx file ``p`` has its sha256, else what is wrong with it, in words."""
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if _verified.get(key):
+        return None
+    try:
         digest = sha256_file(p)
-        if digest != FASHION_MNIST_SHA256[n]:
-            raise CorruptDatasetError(
-                f"{p} is corrupt or truncated: its sha256 is {digest[:12]}…, expected "
-                f"{FASHION_MNIST_SHA256[n][:12]}… ({st.st_size} bytes). Delete the folder {raw} "
-                f"and run `{SETUP_COMMAND}` to place a fresh copy.")
+    except OSError as exc:
+        return f"{p} (cannot be read: {type(exc).__name__}: {exc})"
+    expected = FASHION_MNIST_SHA256[p.name]
+    if digest == expected:
         _verified[key] = True
+        return None
+    size = _FASHION_MNIST_SIZES[p.name]
+    other = [n for n, h in FASHION_MNIST_SHA256.items() if h == digest]
+    if st.st_size == 0:
+        why = "empty (0 bytes)"
+    elif other:
+        why = f"it is {other[0]}, another Fashion-MNIST file"
+    elif st.st_size < size:
+        why = f"truncated: {st.st_size:,} of {size:,} bytes"
+    elif st.st_size == size:
+        why = f"the right size, {size:,} bytes, but corrupt contents"
+    else:
+        why = f"{st.st_size:,} bytes, expected {size:,}"
+    return f"{p} ({why}; its sha256 is {digest[:12]}…, expected {expected[:12]}…)"
 
 
 
@@ -128,7 +164,7 @@ def fashion_mnist(split: str = "train", root: str | os.PathLike | None = None, t
         root: data root (see ``data_root``).
         transform: applied to each PIL image (e.g. ``v2.Compose([v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True)])``); None returns PIL images.
-        download: let torchvision download the files if they are missing (needs internet);
+        download: let torchvision download the files if any is missing (needs internet);
             they are checked by sha256 all the same.
 
     Returns:
@@ -137,16 +173,26 @@ def fashion_mnist(split: str = "train", root: str | os.PathLike | None = None, t
 
     Raises:
         ValueError: an unknown split.
-        DatasetNotFoundError: the files are missing and ``download`` is False.
-        CorruptDatasetError: a file's sha256 is wrong.
+        DatasetNotFoundError: any of the four files is missing (torchvision needs all four for
+            either split) and ``download`` is False, or the download failed; the message names
+            the files and ``python course.py setup``.
+        CorruptDatasetError: any of the four files' sha256 is wrong (truncated, empty, corrupt or
+            another file); the message names them all and ``python course.py setup``.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     root = data_root(root)
-    names = [n for n in FASHION_MNIST_SHA256 if n.startswith("train" if split == "train" else "t10k")]
-    if download and not all((_raw_folder(root) / n).is_file() for n in names):
-        datasets.FashionMNIST(str(root), train=split == "train", download=True)  # torchvision's own download
-    verify_fashion_mnist(_raw_folder(root), names)
+    raw = _raw_folder(root)
+    # torchvision's FashionMNIST refuses either split unless all four files are there, so all four are checked
+    if download and not all((raw / n).is_file() for n in FASHION_MNIST_SHA256):
+        try:
+            datasets.FashionMNIST(str(root), train=split == "train", download=True)  # torchvision's own download
+        except Exception as exc:  # no network, a server error, a read-only folder
+            raise DatasetNotFoundError(
+                f"downloading Fashion-MNIST into {raw} failed ({type(exc).__name__}: {str(exc).strip()[:200]}). "
+                f"Run `{SETUP_COMMAND}` in the project folder (it works offline from Debian's "
+                "dataset-fashion-mnist), or try again when you are online.") from None
+    verify_fashion_mnist(raw)
     return datasets.FashionMNIST(str(root), train=split == "train", transform=transform, download=False)
 
 
@@ -167,41 +213,100 @@ def fashion_mnist_tensors(split: str = "train", root: str | os.PathLike | None =
 
 
 
-def image_folder(root: str | os.PathLike, transform=None, mode: str = "RGB") -> datasets.ImageFolder:
+def image_folder(root: str | os.PathLike, transform=None, mode: str = "RGB", *,
+                 allow_empty: bool = False) -> datasets.ImageFolder:
     """torchvision's ``ImageFolder`` over ``root/<class name>/<image file>``, with a safe loader.
 
-    Every image is opened with ``open_image``: grayscale, RGBA, palette and 16-bit files are
-    converted to ``mode``; a corrupt file raises an error that names it (find them all up front
-    with ``find_bad_images``).
+    Every image is opened with ``open_image``: grayscale, RGBA, palette, 16-bit and float files
+    are converted to ``mode``, and turned upright by their EXIF orientation; a corrupt file
+    raises an error that names it (find them all up front with ``find_bad_images``). Hidden
+    folders and files (names starting with ".", such as ``.ipynb_checkpoints`` or macOS's
+    ``._photo.jpg``) are not read.
 
     Args:
         root: a folder with one sub-folder per class; classes are the sorted sub-folder names.
         transform: applied to each PIL image (e.g. a preset from ``cvlab.transforms``).
-        mode: "RGB" or "GRAY".
+        mode: "RGB" or "GRAY" (every image gets the same number of channels, so they batch).
+        allow_empty: keep class folders that hold no image files as classes with no samples
+            (their indices stay where the sorted names put them); by default they are an error.
 
     Returns:
         the dataset: ``.classes`` (names), ``.class_to_idx``, ``.samples`` (path, index) pairs,
         ``.targets``; items are ``(transform(image), class index)``.
 
     Raises:
-        DatasetNotFoundError: ``root`` does not exist, or has no class folder with images in it.
+        ValueError: a ``mode`` other than "RGB" or "GRAY".
+        TypeError: a ``transform`` that cannot be called (a list needs ``v2.Compose([...])``).
+        DatasetNotFoundError: ``root`` does not exist or is a file, has no class folders (or
+            holds its images directly instead of in class folders), or has class folders with
+            no image files in them (named in the message) and ``allow_empty`` is False.
     """
+    if mode not in ("RGB", "GRAY"):
+        hint = " (Pillow's 'L' is 'GRAY' here)" if mode == "L" else ""
+        raise ValueError(f"mode must be 'RGB' or 'GRAY', got {mode!r}{hint}: every image of a dataset needs the "
+                         "same number of channels")
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be callable, got {type(transform).__name__}; "
+                        "combine a list of transforms with torchvision.transforms.v2.Compose([...])")
     root = Path(root)
-    if not root.is_dir():
+    if not root.exists():
         raise DatasetNotFoundError(f"no image folder at {root}: expected {root}/<class name>/<image files>")
-    try:
-        # partial and a module-level function, not lambdas: DataLoader workers started with "spawn"
-        # (Windows, macOS) receive the dataset pickled, and a lambda cannot be pickled
-        return datasets.ImageFolder(str(root), transform=transform, loader=functools.partial(open_image, mode=mode),
-                                    is_valid_file=_is_image_file)
-    except FileNotFoundError as exc:
-        raise DatasetNotFoundError(f"{root} has no class folders with images in them ({exc}); expected "
-                                   f"{root}/<class name>/<image files> with extensions {', '.join(IMAGE_EXTENSIONS)}") from None
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"{root} is a file, not a folder: expected {root}/<class name>/<image files>")
+    classes = _class_folders(root)
+    if not classes:
+        loose = sorted(p.name for p in root.iterdir() if p.is_file() and _is_image_file(p.name))
+        raise DatasetNotFoundError(
+            f"{root} has no class folders" + (f"; its {len(loose)} image files (e.g. {loose[0]}) must be in one "
+                                              "sub-folder per class" if loose else "")
+            + f": expected {root}/<class name>/<image files> with extensions {', '.join(IMAGE_EXTENSIONS)}")
+    empty = [c for c in classes if not _has_image(root / c)]
+    if empty and not allow_empty:
+        raise DatasetNotFoundError(
+            f"{len(empty)} of the {len(classes)} class folders in {root} hold no image files "
+            f"(extensions {', '.join(IMAGE_EXTENSIONS)}): {', '.join(repr(c) for c in empty)}. Put images in them, "
+            "delete them, or pass allow_empty=True to keep them as classes without samples.")
+    # partials and module-level functions, not lambdas: DataLoader workers started with "spawn"
+    # (Windows, macOS) receive the dataset pickled, and a lambda cannot be pickled
+    return _ImageFolder(str(root), transform=transform, loader=functools.partial(open_image, mode=mode),
+                        is_valid_file=functools.partial(_is_image_file, root=str(root)), allow_empty=allow_empty)
 
 
 
-def _is_image_file(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS)
+class _ImageFolder(datasets.ImageFolder):
+    """``ImageFolder`` whose classes are the sub-folders whose names do not start with "."."""
+
+    def find_classes(self, directory):
+        classes = _class_folders(Path(directory))
+        if not classes:
+            raise FileNotFoundError(f"no class folders in {directory}")
+        return classes, {c: i for i, c in enumerate(classes)}
+
+
+
+def _class_folders(root: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+
+def _has_image(folder: Path) -> bool:
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(_is_image_file(f) for f in files):
+            return True
+    return False
+
+
+
+def _is_image_file(path: str, root: str | None = None) -> bool:
+    """An image extension, and no hidden file or folder (".name") on the way from ``root`` (else the name)."""
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        return False
+    if root is None:
+        rel = os.path.basename(path)
+    else:
+        rel = path[len(root):] if path.startswith(root) else os.path.relpath(path, root)
+    return not any(part.startswith(".") for part in re.split(r"[\\/]", rel))
 
 
 
@@ -240,24 +345,37 @@ def write_image_folder(root: str | os.PathLike, images: torch.Tensor, labels: to
 
 
 def find_bad_images(root: str | os.PathLike) -> list[tuple[Path, str]]:
-    """Every image file under ``root`` that cannot be decoded, with the reason.
+    """Every image file under ``root`` that cannot be read, with the reason; the scan goes on past them.
+
+    Looks at the files ``image_folder`` would read (an image extension, no hidden file or
+    folder) and opens each with ``open_image``: empty, corrupt, truncated and non-image files,
+    images over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``), unreadable
+    files and links to missing files are all listed, none stops the scan.
 
     Returns:
         ``(path, reason)`` pairs, sorted by path; empty when every file decodes.
 
     Raises:
-        DatasetNotFoundError: ``root`` is not a folder (a wrong path is not a clean folder).
+        DatasetNotFoundError: ``root`` does not exist or is a file (a wrong path is not a clean folder).
     """
-    if not Path(root).is_dir():
+    root = Path(root)
+    if not root.exists():
         raise DatasetNotFoundError(f"no folder at {root}: nothing to scan (check the path)")
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"{root} is a file, not a folder: check one file with "
+                                   "cvlab.images.open_image(path) instead")
     bad = []
-    for path in sorted(Path(root).rglob("*")):
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+    for here, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(here) / name
+            if not _is_image_file(name):
+                continue
             try:
                 open_image(path, "UNCHANGED")
-            except ValueError as exc:
+            except (ValueError, OSError) as exc:  # OSError: a dangling link, no permission
                 bad.append((path, str(exc)))
-    return bad
+    return sorted(bad)
 
 
 

@@ -31,9 +31,70 @@ __all__ = ["GradCAM", "occlusion", "randomize_layers", "saliency"]
 
 def _check_images(images) -> None:
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a float tensor (B, C, H, W), preprocessed for the model; got {shape}"
-                         + (" (add a batch axis with x[None])" if isinstance(images, torch.Tensor) and images.ndim == 3 else ""))
+        is_tensor = isinstance(images, torch.Tensor)
+        got = f"{images.dtype} {tuple(images.shape)}" if is_tensor else type(images).__name__
+        hint = (" (add a batch axis with x[None])" if is_tensor and images.ndim == 3 else
+                " (convert uint8 images with cvlab.images.to_float_images, then preprocess them)"
+                if is_tensor and images.dtype == torch.uint8 else
+                " (stack a list of (C, H, W) tensors with torch.stack)" if isinstance(images, (list, tuple)) else "")
+        raise ValueError(f"images must be a float tensor (B, C, H, W), preprocessed for the model; got {got}{hint}")
+
+
+def _check_gradients_on(what: str) -> None:
+    """torch.inference_mode() cannot be overridden by enable_grad: say so instead of failing in autograd."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{what} needs gradients, and torch.inference_mode() turns them off (torch.enable_grad "
+                           "cannot turn them back on inside it): call it outside the `with torch.inference_mode():` "
+                           "block or the @torch.inference_mode() function (inside torch.no_grad() is fine)")
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a classifier returning logits), got {type(model).__name__}")
+
+
+def _last_conv(model: nn.Module) -> str | None:
+    """The name of the model's last nn.Conv2d, the usual Grad-CAM layer, or None."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    return names[-1] if names else None
+
+
+def _suggestion(model: nn.Module) -> str:
+    conv = _last_conv(model)
+    return (f"use the last convolutional block, e.g. {conv!r} (its last nn.Conv2d)" if conv else
+            "this model has no nn.Conv2d: Grad-CAM needs a convolutional layer; try saliency or occlusion instead")
+
+
+def _flat_output(module: nn.Module) -> bool:
+    """True for a module whose output is surely (B, features), not maps: Linear, Flatten, or a
+    Sequential that ends in one (run in order, so its last module gives its output)."""
+    while isinstance(module, nn.Sequential) and len(module):
+        module = module[-1]
+    return isinstance(module, (nn.Linear, nn.Flatten))
+
+
+def _check_cam_layer(model: nn.Module, layer: nn.Module, name: str) -> None:
+    """The checks possible before a forward pass: the layer is in the model, and gives maps."""
+    if not any(m is layer for m in model.modules()):
+        raise ValueError(f"the layer {name} is not part of this {type(model).__name__} (is it from another copy of the "
+                         "model, e.g. before randomize_layers or copy.deepcopy?); give the layer's name instead")
+    if layer is model:
+        raise ValueError(f"cannot explain the whole model ({type(model).__name__}): its output is the logits "
+                         f"(B, num_classes), not feature maps (B, K, h, w); {_suggestion(model)}")
+    if _flat_output(layer):
+        raise ValueError(f"cannot explain layer {name} ({type(layer).__name__}): its output is (B, features), not "
+                         f"feature maps (B, K, h, w) with a place for each value; {_suggestion(model)}")
+
+
+def _check_cam_output(model: nn.Module, name: str, output) -> None:
+    """The check after a forward pass: the layer ran and gave (B, K, h, w) maps."""
+    if output is None:
+        raise ValueError(f"the layer {name} did not run in the model's forward pass, so it has nothing to explain; "
+                         f"{_suggestion(model)}")
+    if not isinstance(output, torch.Tensor) or output.ndim != 4:
+        got = f"shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else f"a {type(output).__name__}"
+        raise ValueError(f"cannot explain layer {name}: Grad-CAM needs its output to be feature maps (B, K, h, w), "
+                         f"got {got}; {_suggestion(model)}")
 
 
 def _targets(targets, logits: torch.Tensor) -> torch.Tensor:
@@ -83,13 +144,29 @@ class GradCAM:
             convolutional block, whose maps keep some spatial resolution.
 
     Raises:
-        ValueError: a layer name the model does not have (nearest names listed); when called, a
-            layer whose tensors an in-place operation changes (the message says how to fix it).
+        TypeError: a model that is not an ``nn.Module``, or a layer that is neither a module nor a name.
+        ValueError: a layer name the model does not have (nearest names listed), a layer module
+            that is not part of the model, or a layer whose output is not feature maps (an
+            ``nn.Linear``, ``nn.Flatten``, or a Sequential ending in one; the message names the
+            last convolutional layer to use instead). When called: a layer that gives no
+            (B, K, h, w) maps or does not run, or whose tensors an in-place operation changes
+            (each message says how to fix it).
+        RuntimeError: when called under ``torch.inference_mode()``, which turns gradients off.
     """
 
     def __init__(self, model: nn.Module, target_layer: nn.Module | str):
+        _check_model(model)
+        if isinstance(target_layer, str):
+            self.layer, name = find_layer(model, target_layer), repr(target_layer)
+        elif isinstance(target_layer, nn.Module):
+            self.layer = target_layer
+            name = next((repr(n) for n, m in model.named_modules() if m is target_layer), type(target_layer).__name__)
+        else:
+            raise TypeError(f"target_layer must be a layer of the model or its name (e.g. 'features.18'), got "
+                            f"{type(target_layer).__name__}; list the names with [n for n, _ in model.named_modules()]")
+        _check_cam_layer(model, self.layer, name)
         self.model = model
-        self.layer = find_layer(model, target_layer) if isinstance(target_layer, str) else target_layer
+        self.layer_name = name
         self.activations: torch.Tensor | None = None
         self.gradients: torch.Tensor | None = None
         self.logits: torch.Tensor | None = None
@@ -99,7 +176,7 @@ class GradCAM:
         ]
 
     def _save_activations(self, module, inputs, output):
-        self.activations = output.detach()
+        self.activations = output.detach() if isinstance(output, torch.Tensor) else output
 
     def _save_gradients(self, module, grad_input, grad_output):
         self.gradients = grad_output[0].detach()
@@ -128,12 +205,16 @@ class GradCAM:
             float32 (B, H, W) in [0, 1] (a map that is zero everywhere stays zero).
 
         Raises:
-            ValueError: a wrong input shape, or a number of targets that is not B.
+            ValueError: a wrong input shape, a number of targets that is not B, or a layer that
+                gives no feature maps (B, K, h, w).
+            RuntimeError: called under ``torch.inference_mode()``, or after ``remove()``.
         """
         _check_images(images)
+        _check_gradients_on("Grad-CAM")
         if not self._handles:
             raise RuntimeError("this GradCAM's hooks were removed; make a new one")
         x = images.detach().clone().requires_grad_(True)  # a full backward hook needs a graph to the input
+        self.activations = self.gradients = None
         with torch.enable_grad(), _eval_mode(self.model):
             try:
                 logits = self.model(x)
@@ -145,9 +226,13 @@ class GradCAM:
                     "hook cannot follow (typically nn.ReLU(inplace=True) right after it). Hook another layer, or turn "
                     "in-place off first: for m in model.modules(): m.inplace = False if hasattr(m, 'inplace') else None"
                 ) from None
+            _check_cam_output(self.model, self.layer_name, self.activations)
             t = _targets(targets, logits)
             self.model.zero_grad(set_to_none=True)
             logits.gather(1, t[:, None]).sum().backward()
+        if self.gradients is None:
+            raise ValueError(f"the class score does not depend on layer {self.layer_name}, so it has no gradient to "
+                             f"weigh its maps with; {_suggestion(self.model)}")
         self.logits = logits.detach()
         weights = self.gradients.mean(dim=(2, 3), keepdim=True)             # (B, K, 1, 1)
         cam = torch.relu((weights * self.activations).sum(dim=1, keepdim=True))  # (B, 1, h, w)
@@ -171,9 +256,13 @@ def saliency(model: nn.Module, images: torch.Tensor, targets=None) -> torch.Tens
         float32 (B, H, W) in [0, 1].
 
     Raises:
+        TypeError: a model that is not an ``nn.Module``.
         ValueError: a wrong input shape, a wrong number of targets or a class out of range.
+        RuntimeError: called under ``torch.inference_mode()``, which turns gradients off.
     """
+    _check_model(model)
     _check_images(images)
+    _check_gradients_on("saliency")
     x = images.detach().clone().requires_grad_(True)
     with torch.enable_grad(), _eval_mode(model):
         logits = model(x)
@@ -207,8 +296,10 @@ def occlusion(model: nn.Module, images: torch.Tensor, targets=None, *, patch: in
         points); positive where covering the pixels hurts the class, negative where it helps.
 
     Raises:
+        TypeError: a model that is not an ``nn.Module``.
         ValueError: a wrong input shape, targets, or a patch/stride that does not fit the image.
     """
+    _check_model(model)
     _check_images(images)
     b, _, h, w = images.shape
     if not (isinstance(patch, int) and isinstance(stride, int) and 1 <= patch <= min(h, w) and stride >= 1):
@@ -261,10 +352,13 @@ def randomize_layers(model: nn.Module, names: list[str], *, seed: int = 0) -> nn
         the randomised copy, in eval mode.
 
     Raises:
+        TypeError: ``names`` given as one str rather than a list of names.
         ValueError: a name the model does not have (nearest names listed).
     """
     import copy
 
+    if isinstance(names, str):
+        raise TypeError(f"names must be a list of layer names, e.g. [{names!r}]; got the str {names!r}")
     for name in names:
         find_layer(model, name)
     clone = copy.deepcopy(model)

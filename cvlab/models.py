@@ -17,6 +17,7 @@ feature caching) in ``cvlab.transfer``.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from typing import Any
 
@@ -30,6 +31,59 @@ __all__ = ["MODELS", "CompactCNN", "LinearModel", "MLP", "TinyVGG", "build_model
 
 
 
+def _flat_size_error(model: nn.Module, x: torch.Tensor, in_features: int) -> ValueError:
+    """The error for an input whose C*H*W is not the ``in_features`` a Flatten + Linear model takes."""
+    example = next((f" e.g. ({c}, {s}, {s})," for c in (1, 3) for s in [round((in_features / c) ** 0.5)]
+                    if in_features % c == 0 and c * s * s == in_features), "")
+    if x.ndim < 2:
+        return ValueError(f"{type(model).__name__}(in_features={in_features}) takes a batch (B, C, H, W) of "
+                          f"images with C*H*W = {in_features} values each,{example} got shape {tuple(x.shape)}: "
+                          "add a batch axis with x[None] (or x.unsqueeze(0))")
+    got = tuple(x.shape[1:])
+    return ValueError(
+        f"{type(model).__name__}(in_features={in_features}) takes images (B, C, H, W) with C*H*W = {in_features} "
+        f"values each,{example} got (C, H, W) = {got} with {math.prod(got):,} values (input shape {tuple(x.shape)}). "
+        f"Resize the images (v2.Resize), or build the model with in_features={math.prod(got)}.")
+
+
+def _check_image_size(model: nn.Module, x: torch.Tensor, channels: int, image_size: int, blocks: int,
+                      flat_side: int) -> None:
+    """Raise a ValueError naming the (C, H, W) a conv model takes, unless ``x`` is a batch it can take.
+
+    A model of ``blocks`` max-pooling layers (each halves H and W, rounding down) and a Linear
+    layer sized for ``flat_side`` x ``flat_side`` maps takes exactly the inputs with ``channels``
+    channels and (H // 2**blocks) * (W // 2**blocks) == flat_side**2: one shape comparison, cheap.
+    """
+    if not isinstance(x, torch.Tensor):  # torch.fx tracing passes proxies: leave the graph alone
+        return
+    f = 2 ** blocks
+    if x.ndim == 4 and x.shape[1] == channels and (x.shape[2] // f) * (x.shape[3] // f) == flat_side * flat_side:
+        return
+    name = f"{type(model).__name__}(in_channels={channels}, image_size={image_size})"
+    want = f"({channels}, {image_size}, {image_size})"
+    if x.ndim == 3 and x.shape[0] == channels:
+        raise ValueError(f"{name} takes a batch (B, C, H, W) of images {want}; got one image {tuple(x.shape)}: "
+                         "add a batch axis with x[None] (or x.unsqueeze(0))")
+    if x.ndim != 4:
+        raise ValueError(f"{name} takes a batch (B, C, H, W) of images {want}; got shape {tuple(x.shape)}")
+    c, h, w = x.shape[1:]
+    fixes = []
+    if c != channels:
+        fixes.append("convert them to grayscale (v2.Grayscale())" if channels == 1 else
+                     "repeat the gray channel (cvlab.images.to_rgb)" if channels == 3 and c == 1 else
+                     f"give images with {channels} channels")
+    if (h // f) * (w // f) != flat_side * flat_side:
+        small = f" ({min(h, w)} px is too small for its {blocks} max-pooling layers, which each halve the size)" \
+            if min(h, w) < f else ""
+        fixes.append(f"resize them to {image_size}x{image_size} (v2.Resize(({image_size}, {image_size}))){small}")
+    rebuild = ", ".join(([f"in_channels={c}"] if c != channels else [])
+                        + ([f"image_size={h}"] if h == w and h >= f and (h // f) * (w // f) != flat_side ** 2 else []))
+    fix = " and ".join(fixes)
+    raise ValueError(f"{name} takes images (C, H, W) = {want}; got {(c, h, w)}. " + fix[0].upper() + fix[1:]
+                     + (f", or build the model with {rebuild}" if rebuild else "") + ".")
+
+
+
 class LinearModel(nn.Module):
     """model_0: Flatten + Linear. The baseline every other model must beat.
 
@@ -38,14 +92,21 @@ class LinearModel(nn.Module):
         num_classes: number of output logits.
 
     Shapes: (B, C, H, W) float32 -> logits (B, num_classes) float32.
+
+    Raises:
+        ValueError: (when called) images whose C*H*W is not ``in_features``; the message gives
+            the size it takes and the size it got.
     """
 
     def __init__(self, in_features: int = 784, num_classes: int = 10):
         super().__init__()
+        self.in_features = in_features
         self.flatten = nn.Flatten()
         self.linear = nn.Linear(in_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and (x.ndim < 2 or math.prod(x.shape[1:]) != self.in_features):
+            raise _flat_size_error(self, x, self.in_features)
         return self.linear(self.flatten(x))
 
 
@@ -59,10 +120,15 @@ class MLP(nn.Module):
         num_classes: number of output logits.
 
     Shapes: (B, C, H, W) float32 -> logits (B, num_classes) float32.
+
+    Raises:
+        ValueError: (when called) images whose C*H*W is not ``in_features``; the message gives
+            the size it takes and the size it got.
     """
 
     def __init__(self, in_features: int = 784, hidden_units: int = 128, num_classes: int = 10):
         super().__init__()
+        self.in_features = in_features
         self.layers = nn.Sequential(
             nn.Flatten(),
             nn.Linear(in_features, hidden_units),
@@ -71,6 +137,8 @@ class MLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and (x.ndim < 2 or math.prod(x.shape[1:]) != self.in_features):
+            raise _flat_size_error(self, x, self.in_features)
         return self.layers(x)
 
 
@@ -85,11 +153,16 @@ class TinyVGG(nn.Module):
         image_size: height = width of the input in pixels (each block halves it).
 
     Shapes: (B, in_channels, image_size, image_size) float32 -> logits (B, num_classes).
+
+    Raises:
+        ValueError: (when called) images of another channel count or size, or too small for
+            the two max-pooling layers; the message gives the (C, H, W) it takes and the one it got.
     """
 
     def __init__(self, in_channels: int = 1, hidden_units: int = 10, num_classes: int = 10,
                  image_size: int = 28):
         super().__init__()
+        self.in_channels, self.image_size = in_channels, image_size
 
         def block(c_in: int) -> nn.Sequential:
             return nn.Sequential(
@@ -104,6 +177,7 @@ class TinyVGG(nn.Module):
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(hidden_units * side * side, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_image_size(self, x, self.in_channels, self.image_size, 2, self.image_size // 4)
         return self.classifier(self.block_2(self.block_1(x)))
 
 
@@ -125,7 +199,9 @@ class CompactCNN(nn.Module):
     of AdamW with a one-cycle schedule (Smith and Topin, 2017, arXiv:1708.07120).
 
     Raises:
-        ValueError: ``image_size`` too small for that many blocks.
+        ValueError: ``image_size`` too small for that many blocks; when called, images of another
+            channel count or size, or too small for the max-pooling layers (the message gives
+            the (C, H, W) it takes and the one it got).
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10,
@@ -136,6 +212,7 @@ class CompactCNN(nn.Module):
         if side < 1:
             raise ValueError(f"image_size={image_size} is too small for {len(widths)} blocks that "
                              f"each halve it; use at least {2 ** len(widths)} pixels or fewer widths")
+        self.in_channels, self.image_size, self._blocks = in_channels, image_size, len(widths)
         layers: list[nn.Module] = []
         c_in = in_channels
         for c_out in widths:
@@ -146,6 +223,8 @@ class CompactCNN(nn.Module):
         self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in * side * side, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        side = self.image_size // 2 ** self._blocks
+        _check_image_size(self, x, self.in_channels, self.image_size, self._blocks, side)
         return self.classifier(self.features(x))
 
 

@@ -54,9 +54,11 @@ def check_weights_file(path: str | os.PathLike) -> None:
     prefix = match.group(1)
     digest = sha256_file(path)
     if not digest.startswith(prefix):
+        size = path.stat().st_size
         raise PretrainedWeightsError(
-            f"{path} is corrupt or not torchvision's file: its sha256 starts {digest[:len(prefix)]}, its name says "
-            f"{prefix}. Delete it, then {SETUP_HINT} or let torchvision download it again online.")
+            f"{path} is corrupt or not torchvision's file ({'empty: 0 bytes' if size == 0 else f'{size:,} bytes'}): "
+            f"its sha256 starts {digest[:len(prefix)]}, its name says {prefix}. Delete it, then {SETUP_HINT} "
+            "or let torchvision download it again online.")
 
 
 
@@ -66,7 +68,8 @@ def pretrained(name: str = "mobilenet_v2", weights: str | None = None, *, allow_
 
     Args:
         name: a torchvision classification model (``torchvision.models.list_models``).
-        weights: a weights name of that model (e.g. "IMAGENET1K_V1"), or None to pick the best
+        weights: a weights name of that model (e.g. "IMAGENET1K_V1") or its enum member
+            (``torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1``), or None to pick the best
             available: ``DEFAULT`` if its file is cached or can be downloaded, else any other
             cached weights of the model (offline: the IMAGENET1K_V1 file ``python course.py setup``
             placed for MobileNetV2).
@@ -79,13 +82,24 @@ def pretrained(name: str = "mobilenet_v2", weights: str | None = None, *, allow_
         preprocessing it expects and ``weights.meta["categories"]`` its class names.
 
     Raises:
+        TypeError: a name or weights of the wrong type (not a str; weights may also be an enum member).
         PretrainedWeightsError: an unknown model or weights name (the message lists the valid
-            ones), a cached file whose sha256 does not match its name (``check_weights_file``;
-            the message says how to restore it), or no weights available (the message lists
-            what was tried and how to get them).
+            ones), a cached file whose sha256 does not match its name (truncated by an
+            interrupted download, empty, or another file: ``check_weights_file``; the message
+            names the file, says how much of it is there and how to restore it), or no weights
+            available (the message lists what was tried and how to get them).
     """
     from torchvision import models as tvm
+    from torchvision.models import WeightsEnum
 
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a torchvision model name such as 'mobilenet_v2', got {type(name).__name__}")
+    if isinstance(weights, WeightsEnum):
+        own = tvm.get_model_weights(name) is type(weights)
+        weights = weights.name if own else f"{type(weights).__name__}.{weights.name}"
+    elif weights is not None and not isinstance(weights, str):
+        raise TypeError(f"weights must be a weights name such as 'IMAGENET1K_V1', its enum member, or None; got "
+                        f"{type(weights).__name__}")
     classification = tvm.list_models(module=tvm)
     if name not in classification:
         close = [m for m in classification if name.split("_")[0] in m][:8]
@@ -103,7 +117,7 @@ def pretrained(name: str = "mobilenet_v2", weights: str | None = None, *, allow_
     for i, w in enumerate(candidates):
         path = weights_file(w)
         if path.is_file():
-            check_weights_file(path)
+            _check_cached(path, w)
             if tried and verbose:
                 print(f"cvlab: using the cached {name} weights {w.name}; not available: {', '.join(tried)}")
             return tvm.get_model(name, weights=w).eval(), w
@@ -118,6 +132,19 @@ def pretrained(name: str = "mobilenet_v2", weights: str | None = None, *, allow_
     raise PretrainedWeightsError(
         f"no pretrained weights available for {name}; tried {', '.join(tried)}. For MobileNetV2, {SETUP_HINT}; "
         "for any other model connect to the internet once (torchvision downloads and caches the file).")
+
+
+
+def _check_cached(path: Path, weights) -> None:
+    """``check_weights_file``, saying also how much of the file is there when it is short (an interrupted download)."""
+    try:
+        check_weights_file(path)
+    except PretrainedWeightsError as exc:
+        expected_mb, mb = weights.meta.get("_file_size"), path.stat().st_size / 2**20
+        if expected_mb and mb < 0.99 * expected_mb:
+            raise PretrainedWeightsError(f"{exc} It holds {mb:.1f} MB of the {expected_mb:.1f} MB the weights take: "
+                                         "truncated, e.g. by an interrupted download.") from None
+        raise
 
 
 

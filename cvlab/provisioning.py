@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torchvision import datasets as tv_datasets
 
-from .datasets import (FASHION_MNIST_SHA256, SETUP_COMMAND, CorruptDatasetError, DatasetNotFoundError, data_root,
+from .datasets import (FASHION_MNIST_SHA256, SETUP_COMMAND, DatasetNotFoundError, data_root,
                        verify_fashion_mnist)
 from .pretrained import PretrainedWeightsError
 from .utils import sha256_file

@@ -15,8 +15,27 @@ LAYERS = ["utils", "images", "datasets", "transforms", "checkpoints", "losses", 
 MAX_LINES = 400
 
 
+def sources(module: str) -> list[Path]:
+    """The files of a cvlab module: ``module.py``, or every file of the sub-package ``module/``."""
+    return [PACKAGE / f"{module}.py"] if (PACKAGE / f"{module}.py").is_file() else sorted((PACKAGE / module).glob("*.py"))
+
+
+def modules() -> set[str]:
+    """Every module of the package: its files and its sub-packages (one module each)."""
+    return ({p.stem for p in PACKAGE.glob("*.py")} | {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}) - {"__init__"}
+
+
 def cvlab_imports(path: Path) -> set[str]:
-    """The cvlab modules a source file imports, wherever the import statement is."""
+    """The cvlab modules a source file imports, wherever the import statement is (a file inside a
+    sub-package reaches the package with ``from ..x``; its own ``from .x`` imports stay inside)."""
+    if path.parent.parent == PACKAGE:
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module:
+                found.add(node.module.split(".")[0])
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("cvlab."):
+                found.add(node.module.split(".")[1])
+        return found
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -40,20 +59,20 @@ def test_the_import_finder_sees_every_form(tmp_path):
 
 
 def test_every_module_has_a_place_in_the_layers():
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    assert sorted(modules - set(LAYERS)) == [], "new modules need a place in LAYERS (and in cvlab/__init__.py)"
-    assert sorted(set(LAYERS) - modules) == []
+    found = modules()
+    assert sorted(found - set(LAYERS)) == [], "new modules need a place in LAYERS (and in cvlab/__init__.py)"
+    assert sorted(set(LAYERS) - found) == []
 
 
 @pytest.mark.parametrize("module", LAYERS)
 def test_imports_point_down(module):
     above = set(LAYERS[LAYERS.index(module):])  # itself and everything over it
-    upward = sorted(cvlab_imports(PACKAGE / f"{module}.py") & above)
+    upward = sorted(set().union(*(cvlab_imports(f) for f in sources(module))) & above)
     assert upward == [], f"cvlab.{module} imports {upward}, which sit(s) above it (order: {' < '.join(LAYERS)})"
 
 
 def test_only_the_command_line_imports_provisioning():
-    importers = sorted(p.stem for p in PACKAGE.glob("*.py") if "provisioning" in cvlab_imports(p))
+    importers = sorted(m for m in modules() if any("provisioning" in cvlab_imports(f) for f in sources(m)))
     assert importers == ["__main__"]
 
 
@@ -62,7 +81,7 @@ def test_the_package_imports_no_upper_module_at_import_time():
     assert cvlab_imports(PACKAGE / "__init__.py") <= {"training", "utils"}
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_modules_stay_small(path):
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{path.name} has {lines} lines (at most {MAX_LINES}): split it by job"

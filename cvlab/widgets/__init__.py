@@ -1,0 +1,14 @@
+"""Interactive notebook widgets (ipywidgets). Each widget's logic is a plain method that works
+without a browser, so tests call it directly; ``.widget()`` only wires that logic to controls.
+
+* ``PredictionBrowser`` (lesson 02): pick a test image or class, see the top-k probabilities.
+* ``AugmentationExplorer`` (lesson 03): pick a photo and a transform, move its sliders.
+* ``GradCAMExplorer`` (lesson 08): pick a photo, one of its top classes and a layer.
+
+One private module per widget; import them from here: ``from cvlab.widgets import PredictionBrowser``.
+"""
+from ._augmentation import AugmentationExplorer
+from ._gradcam import GradCAMExplorer
+from ._predictions import PredictionBrowser
+
+__all__ = ["AugmentationExplorer", "GradCAMExplorer", "PredictionBrowser"]
