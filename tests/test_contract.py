@@ -147,5 +147,5 @@ def test_argument_defaults_follow_the_contract():
 
 
 def test_the_command_line_seed_is_the_default_seed():
-    from cvlab.__main__ import build_parser
+    from cvlab.cli import build_parser
     assert build_parser().parse_args(["train"]).seed == DEFAULT_SEED == 0

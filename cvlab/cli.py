@@ -1,0 +1,393 @@
+"""The command line's arguments: the parser of ``python -m cvlab``, every check of an option
+(exit status 2 with one line naming the option and the fix), and the run folders.
+
+``cvlab/__main__.py`` runs the commands; this module only decides whether a command line is
+valid and where a run writes.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+from pathlib import Path
+
+from .utils import DEFAULT_SEED
+
+MODEL_CHOICES = ("LinearModel", "MLP", "TinyVGG", "CompactCNN")
+
+#: the smallest image side (pixels) each architecture can take: TinyVGG halves it twice, CompactCNN three times
+MIN_IMAGE_SIZE = {"LinearModel": 1, "MLP": 1, "TinyVGG": 4, "CompactCNN": 8}
+
+FASHION_MNIST_TRAIN_SIZE = 60_000
+
+#: the files a run writes; an --output-dir holding one of them holds a run
+RUN_FILES = ("best.pt", "last.pt", "history.json")
+
+# Upper limits: far above anything useful, low enough to catch a typo (an extra zero, a missing minus sign)
+MAX_LR = 10.0
+
+MAX_EPOCHS = 10_000
+
+MAX_IMAGE_SIZE = 1024
+
+MAX_WEIGHT_DECAY = 1.0
+
+MAX_NUM_WORKERS = 64
+
+MAX_GRAD_NORM = 1e6
+
+EXIT_FAILED, EXIT_BAD_ARGUMENTS, EXIT_INTERRUPTED = 1, 2, 130
+
+TRAIN_EPILOG = f"""\
+runs:
+  Without --output-dir every run writes to a fresh folder, printed first:
+  <data root>/runs/<model>-<dataset>-<date>-<time> (-2, -3 ... appended if it exists).
+  An --output-dir that already holds best.pt, last.pt or history.json is refused, unless you pass
+  --overwrite (which deletes them first) or --resume <that folder>/last.pt. --resume without
+  --output-dir continues in the checkpoint's own folder: best.pt is then only replaced by a better epoch.
+
+exit status:
+  0    done
+  1    the run started and failed: Fashion-MNIST not set up or corrupt (python course.py setup),
+       an unreadable image, training diverged (NaN or infinite loss), no epoch finished
+  2    a bad command line, found before anything is trained or written; one line names the option
+       and what to do: a number that is not finite or out of range (--lr in (0, {MAX_LR:g}], --epochs
+       1..{MAX_EPOCHS}, --image-size up to {MAX_IMAGE_SIZE}, --batch-size and --train-limit up to the training
+       set's size ...), a --device this machine does not have, an --output-dir that is a file, not
+       writable or holds another run, a --data-dir without train/ and val/ class folders of images,
+       a --resume file that is missing, empty, not a training checkpoint (last.pt), of another
+       model or made with other options
+  130  interrupted (Ctrl-C): last.pt holds the last finished epoch; continue with --resume
+"""
+
+
+def _number(kind, *, low: float, high: float | None = None, low_ok: bool = False, hint: str = ""):
+    """An argparse type: a finite ``kind`` (int or float) above ``low`` (or equal, with low_ok) and <= high."""
+    what = "a whole number" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}{hint}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}{hint}")
+        too_low = value < low or (value == low and not low_ok)
+        if too_low or (high is not None and value > high):
+            show = (lambda v: str(int(v))) if kind is int else (lambda v: f"{v:g}")
+            bounds = f"{'>=' if low_ok else '>'} {show(low)}" + (f" and <= {show(high)}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}{hint}")
+        return value
+    return parse
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option that has one; the description and epilog printed as written."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m cvlab`` (``setup`` and ``train``)."""
+    parser = argparse.ArgumentParser(prog="cvlab", description="cvlab course tools",
+                                     epilog="exit status: 0 done, 1 the command started and failed, 2 a bad "
+                                            "command line (one line says which option and what to do)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_setup = sub.add_parser("setup", help="place Fashion-MNIST and the offline ImageNet weights, checked by sha256",
+                             usage="cvlab setup [--root FOLDER] [--no-download]")
+    p_setup.add_argument("--root", type=Path, help="data root (default: $CVLAB_DATA or the project's data/)")
+    p_setup.add_argument("--no-download", action="store_true",
+                         help="no network and no package install: only files already on this machine")
+
+    t = sub.add_parser("train", help="train a classifier on Fashion-MNIST or an image folder",
+                       formatter_class=_Formatter, epilog=TRAIN_EPILOG,
+                       usage="cvlab train [options]   (python -m cvlab train --help lists them)",
+                       description="Train an image classifier and save its best checkpoint. Data: Fashion-MNIST\n"
+                                   "(default) or --data-dir with train/ and val/ folders of <class>/<image> files.")
+    d = t.add_argument_group("data")
+    d.add_argument("--data-dir", type=Path, help="a folder with train/ and val/, each holding one sub-folder "
+                   "per class (ImageFolder layout); without it, Fashion-MNIST")
+    d.add_argument("--image-size", type=_number(int, low=0, high=MAX_IMAGE_SIZE, hint=" (pixels; e.g. 28 or 64)"),
+                   help="height = width in pixels the images are resized to (default: 28 for Fashion-MNIST, "
+                        f"64 for an image folder; at most {MAX_IMAGE_SIZE})")
+    d.add_argument("--channels", type=int, choices=(1, 3), help="1 = grayscale, 3 = RGB (default: 1 for "
+                   "Fashion-MNIST, 3 for an image folder)")
+    d.add_argument("--augment", default="none", choices=("none", "flip", "basic", "trivialaugment", "randaugment",
+                                                          "autoaugment"),
+                   help="training augmentation preset (cvlab.transforms.train_transforms); with 'none', "
+                        "Fashion-MNIST trains from memory, much faster")
+    d.add_argument("--num-workers", type=_number(int, low=0, low_ok=True, high=MAX_NUM_WORKERS,
+                                                 hint=" (0 loads in the main process)"), default=0,
+                   help=f"DataLoader worker processes (0 = load in the main process; at most {MAX_NUM_WORKERS})")
+    d.add_argument("--train-limit", type=_number(int, low=0, hint=" (leave it out to use every training image)"),
+                   help="use only this many training images (quick runs); at most the training set's size")
+    m = t.add_argument_group("model and optimisation")
+    m.add_argument("--model", default="CompactCNN", choices=MODEL_CHOICES, help="architecture (cvlab.models)")
+    m.add_argument("--epochs", type=_number(int, low=0, high=MAX_EPOCHS, hint=" (e.g. 3)"), default=3,
+                   help=f"number of epochs (a resumed run continues up to this number; at most {MAX_EPOCHS})")
+    m.add_argument("--batch-size", type=_number(int, low=0, hint=" (e.g. 128)"), default=128,
+                   help="images per batch (at most the number of training images)")
+    m.add_argument("--lr", type=_number(float, low=0, high=MAX_LR, hint=" (e.g. 1e-2 for AdamW, 1e-1 for SGD)"),
+                   default=1e-2, help=f"(peak) learning rate, in (0, {MAX_LR:g}]")
+    m.add_argument("--optimizer", default="adamw", choices=("adamw", "adam", "sgd"),
+                   help="AdamW, Adam, or SGD with momentum 0.9")
+    m.add_argument("--weight-decay", type=_number(float, low=0, low_ok=True, high=MAX_WEIGHT_DECAY,
+                                                  hint=" (e.g. 0.01; 0 for none)"), default=0.01,
+                   help=f"weight decay, in [0, {MAX_WEIGHT_DECAY:g}]")
+    m.add_argument("--scheduler", default="onecycle", choices=("onecycle", "cosine", "step", "plateau", "none"),
+                   help="learning-rate schedule: one-cycle (per batch), cosine or step (per epoch), "
+                        "reduce-on-plateau (per epoch, on val loss), or constant")
+    m.add_argument("--max-grad-norm", type=_number(float, low=0, high=MAX_GRAD_NORM,
+                                                   hint=" (e.g. 1.0; leave it out for no clipping)"),
+                   help="clip gradients to this global L2 norm")
+    m.add_argument("--amp", default="none", choices=("none", "bfloat16", "float16"),
+                   help="mixed precision with torch.autocast (float16 needs CUDA)")
+    m.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster CNNs on CPU)")
+    m.add_argument("--patience", type=_number(int, low=0, high=MAX_EPOCHS, hint=" (e.g. 3)"),
+                   help="early stopping: epochs without val-loss improvement")
+    r = t.add_argument_group("run")
+    r.add_argument("--output-dir", type=Path, help="where best.pt, last.pt and history.json go (default: a fresh "
+                   "<data root>/runs/<model>-<dataset>-<date>-<time>; with --resume, the checkpoint's folder)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="let --output-dir replace the run already in it (its best.pt, last.pt, history.json are deleted)")
+    r.add_argument("--resume", type=Path, help="continue from this last.pt (or a run folder holding one), "
+                   "with the same data and options")
+    r.add_argument("--seed", type=_number(int, low=0, low_ok=True, high=2**32 - 1), default=DEFAULT_SEED,
+                   help="random seed")
+    r.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: $CVLAB_DEVICE, else the best available)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.cvlab_subparsers = {"setup": p_setup, "train": t}
+    return parser
+
+
+class _BadArgument(Exception):
+    """A command-line value that cannot work here: ``str(exc)`` is the one-line message."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"argument {option}: {message}")
+
+
+def _folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be (made and) written as a folder, or None."""
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder: pick a folder name (it is made if missing)"
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, so {path} cannot be made in it: pick a folder elsewhere"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (f"cannot write in {existing} (no write permission): pick a folder you can write to, "
+                f"e.g. under {Path.home()}")
+    return None
+
+
+def _available_devices() -> list[str]:
+    import torch
+
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
+def _check_device(text: str, option: str) -> str:
+    """``text`` if this machine has that device; else _BadArgument listing the ones it has."""
+    import torch
+
+    here = _available_devices()
+    fix = f"this machine has: {', '.join(here)} (leave --device out to pick the best)"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise _BadArgument(option, f"{text!r} is not a device name; use cpu, cuda, cuda:N or mps; {fix}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise _BadArgument(option, f"{text!r} asked for, but CUDA is not available here; {fix}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise _BadArgument(option, f"{text!r} asked for, but this machine has {torch.cuda.device_count()} "
+                                       f"CUDA device(s); {fix}")
+    elif device.type == "mps":
+        if "mps" not in here:
+            raise _BadArgument(option, f"{text!r} asked for, but Apple MPS is not available here; {fix}")
+    elif device.type != "cpu":
+        raise _BadArgument(option, f"{text!r}: cvlab trains on cpu, cuda or mps; {fix}")
+    return text
+
+
+def _check_data_dir(path: Path) -> None:
+    if not path.exists():
+        raise _BadArgument("--data-dir", f"no folder {path}: give a folder holding train/<class>/<images> "
+                                         "and val/<class>/<images> (or leave --data-dir out for Fashion-MNIST)")
+    if not path.is_dir():
+        raise _BadArgument("--data-dir", f"{path} is a file, not a folder: give a folder holding "
+                                         "train/<class>/<images> and val/<class>/<images>")
+    for split in ("train", "val"):
+        if not (path / split).is_dir():
+            raise _BadArgument("--data-dir", f"{path} has no {split}/ folder: --data-dir needs "
+                                             f"{path / 'train'}/<class>/<images> and "
+                                             f"{path / 'val'}/<class>/<images>")
+
+
+def _read_resume(path: Path, model: str) -> tuple[Path, dict]:
+    """The training checkpoint ``--resume`` names (a file, or a run folder with last.pt) and its content."""
+    from .checkpoints import CheckpointError, load_checkpoint
+
+    if path.is_dir():
+        if not (path / "last.pt").is_file():
+            raise _BadArgument("--resume", f"{path} is a folder without last.pt: give the last.pt of an "
+                                           "earlier run (python -m cvlab train writes it in its run folder)")
+        path = path / "last.pt"
+    if not path.exists():
+        raise _BadArgument("--resume", f"no file {path}: give the last.pt of an earlier run "
+                                       "(its folder is printed when the run starts), or leave --resume out")
+    if path.stat().st_size == 0:
+        raise _BadArgument("--resume", f"{path} is empty (0 bytes; a save that never finished?): resume "
+                                       "from another last.pt or start a new run without --resume")
+    try:
+        ckpt = load_checkpoint(path, map_location="cpu")
+    except CheckpointError as exc:
+        raise _BadArgument("--resume", " ".join(str(exc).split())) from None
+    if "optimizer" not in ckpt or "epoch" not in ckpt:
+        raise _BadArgument("--resume", f"{path} holds weights only, not a training state: resume from "
+                                       f"the last.pt next to it ({path.with_name('last.pt')})")
+    if ckpt["arch"] != model:
+        raise _BadArgument("--resume", f"{path} is a checkpoint of {ckpt['arch']}, not of {model}: "
+                                       f"pass --model {ckpt['arch']}, or resume from a {model} run's last.pt")
+    return path, ckpt
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _check_output_dir(args) -> None:
+    """--output-dir (when given) can be written and holds no other run (unless --overwrite or --resume from it)."""
+    out = args.output_dir
+    problem = _folder_problem(out)
+    if problem:
+        raise _BadArgument("--output-dir", problem)
+    held = [n for n in RUN_FILES if (out / n).exists()]
+    resuming_here = args.resume is not None and _same_folder(args.resume.parent, out)
+    if resuming_here and args.overwrite:
+        raise _BadArgument("--overwrite", f"it would delete {args.resume}, which --resume continues from: "
+                                          "drop --overwrite to continue that run, or --resume to replace it")
+    if held and not args.overwrite and not resuming_here:
+        raise _BadArgument("--output-dir", f"{out} already holds {', '.join(held)} of an earlier run: pass "
+                                           "--overwrite to replace it, pick another folder (or leave --output-dir "
+                                           f"out for a fresh one), or --resume {out / 'last.pt'} to continue it")
+
+
+def _check_train_args(args) -> dict | None:
+    """Every check of ``train``'s arguments that needs no data loaded; returns the --resume checkpoint."""
+    if args.device is not None:
+        _check_device(args.device, "--device")
+    elif os.environ.get("CVLAB_DEVICE"):
+        _check_device(os.environ["CVLAB_DEVICE"], "--device (from $CVLAB_DEVICE)")
+    if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE[args.model]:
+        raise _BadArgument("--image-size", f"{args.model} needs images of at least {MIN_IMAGE_SIZE[args.model]} "
+                                           f"pixels (each pooling halves them), got {args.image_size}: use a "
+                                           "larger --image-size or another --model")
+    if args.data_dir is not None:
+        _check_data_dir(args.data_dir)
+    else:
+        n = FASHION_MNIST_TRAIN_SIZE
+        if args.train_limit is not None and args.train_limit > n:
+            raise _BadArgument("--train-limit", f"Fashion-MNIST has {n:,} training images, got {args.train_limit}: "
+                                                f"use at most {n} (or leave --train-limit out for all of them)")
+        _check_batch_size(args, min(n, args.train_limit or n))
+    ckpt = None
+    if args.resume is not None:
+        args.resume, ckpt = _read_resume(args.resume, args.model)
+        if ckpt["epoch"] >= args.epochs:
+            raise _BadArgument("--epochs", f"{args.resume} has already finished {ckpt['epoch']} epoch(s), "
+                                           f"so --epochs {args.epochs} leaves nothing to do: ask for more, e.g. "
+                                           f"--epochs {ckpt['epoch'] + 1}")
+    if args.output_dir is not None:
+        _check_output_dir(args)
+    elif args.resume is not None:
+        problem = _folder_problem(args.resume.parent)
+        if problem:
+            raise _BadArgument("--resume", f"cannot continue the run in its folder: {problem}")
+    else:
+        from .datasets import data_root
+        runs = data_root() / "runs"
+        problem = _folder_problem(runs)
+        if problem:
+            raise _BadArgument("--output-dir", f"the default run folder {runs} cannot be used: {problem}; "
+                                               "or pass --output-dir")
+    return ckpt
+
+
+def _check_batch_size(args, train_size: int) -> None:
+    if args.batch_size > train_size:
+        limited = f" after --train-limit {args.train_limit}" if args.train_limit is not None else ""
+        raise _BadArgument("--batch-size", f"{args.batch_size} is larger than the training set ({train_size:,} "
+                                           f"images{limited}): use at most {train_size}")
+
+
+def _check_resume_fits(ckpt: dict, path: Path, kwargs: dict, class_names: list[str]) -> None:
+    """A --resume checkpoint was made for the model and classes this command line builds."""
+    saved = ckpt.get("model_kwargs") or {}
+    differ = [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in kwargs.items() if saved.get(k) != v]
+    if differ:
+        raise _BadArgument("--resume", f"{path} was trained with other options ({'; '.join(differ)}): "
+                                       "pass the --image-size, --channels and data of that run, or start a new run")
+    if ckpt.get("class_names") not in (None, class_names):
+        raise _BadArgument("--resume", f"{path} was trained on the classes {ckpt['class_names']}, but this "
+                                       f"data has {class_names}: pass that run's --data-dir, or start a new run")
+
+
+def _dataset_name(data_dir: Path | None) -> str:
+    if data_dir is None:
+        return "fashion-mnist"
+    name = data_dir.resolve().name or "images"
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def new_run_dir(root: Path, model: str, dataset: str, now: datetime.datetime | None = None) -> Path:
+    """Make and return a fresh ``root/<model>-<dataset>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` ... if taken).
+
+    The folder is created here (``mkdir`` without ``exist_ok``), so two runs started in the same
+    second, even at the same time, get two folders.
+    """
+    stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    root.mkdir(parents=True, exist_ok=True)
+    base = root / f"{model}-{dataset}-{stamp}"
+    for i in range(1, 10_000):
+        candidate = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"{root} already holds 10,000 runs named {base.name}-*: clean it up")
+
+
+def _output_dir(args) -> tuple[Path, str]:
+    """The folder this run writes to, made if needed, and how to describe it."""
+    from .datasets import data_root
+
+    if args.output_dir is not None:
+        out = args.output_dir
+        held = [n for n in RUN_FILES if (out / n).exists()]
+        out.mkdir(parents=True, exist_ok=True)
+        if args.resume is not None and _same_folder(args.resume.parent, out):
+            return out, "continuing the run in"
+        if held and args.overwrite:
+            for n in held:
+                (out / n).unlink()
+            return out, f"--overwrite: deleted the earlier run's {', '.join(held)}; writing to"
+        return out, "writing to"
+    if args.resume is not None:
+        return args.resume.parent, "continuing the run in"
+    return new_run_dir(data_root() / "runs", args.model, _dataset_name(args.data_dir)), "writing to"
