@@ -12,7 +12,9 @@ One module per job, named after the lesson topic it serves; imports point down o
     pretrained      torchvision's pretrained classifiers, offline where cached; the model zoo
     transfer        new heads, freezing, parameter groups, feature caching
     losses          FocalLoss
-    history         History (per-epoch records), EarlyStopping
+    history         History (per-epoch records), EarlyStopping, the divergence rule
+    schedules       learning-rate schedulers or factories (optimizer, total_steps), rebuilt for longer runs
+    resume          best.pt / last.pt after each epoch, resuming with the saved optimizer and scheduler
     training        train_one_epoch, evaluate, fit
     metrics         predict, accuracy, scikit-learn's confusion matrix and per-class report
     experiments     train_and_evaluate, results_table: fair model comparisons

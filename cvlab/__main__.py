@@ -73,6 +73,16 @@ def _loaders(args):
 
 
 
+def _write_history(out: Path, history, args) -> None:
+    """``history.json``: the finished epochs' records, how the run ended, and its arguments."""
+    if history is None:
+        return
+    (out / "history.json").write_text(json.dumps({
+        "records": history.records, "interrupted": history.interrupted, "stopped_early": history.stopped_early,
+        "diverged": getattr(history, "diverged", False),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}, indent=1))
+
+
 def train_command(args) -> int:
     """Run ``cvlab train`` on parsed arguments; returns the exit status (see the module docstring).
 
@@ -157,18 +167,20 @@ def _train(args, model, optimizer, scheduler, step, device, train_loader, val_lo
         print(f"cvlab train: cannot resume: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_FAILED
     except (ValueError, FloatingPointError) as exc:
+        _write_history(out, getattr(exc, "history", None), args)
         print(f"cvlab train: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_FAILED
     except torch.OutOfMemoryError:
         print(f"cvlab train: out of memory on {device}: use a smaller --batch-size or --image-size", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:  # disk full, folder removed or made read-only during the run
+        try:
+            _write_history(out, getattr(exc, "history", None), args)
+        except OSError:
+            pass
         print(f"cvlab train: cannot write in {out}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    (out / "history.json").write_text(json.dumps({"records": history.records, "interrupted": history.interrupted,
-                                                  "stopped_early": history.stopped_early, "args": {
-                                                      k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}},
-                                                 indent=1))
+    _write_history(out, history, args)
     if not len(history):
         print("cvlab train: no epoch finished; nothing to report", file=sys.stderr)
         return EXIT_INTERRUPTED if history.interrupted else EXIT_FAILED

@@ -4,12 +4,18 @@ Checkpoints follow torchvision's reference scripts (``references/classification/
 one dict holding the model's ``state_dict`` plus what is needed to rebuild it (architecture name,
 constructor arguments, class names, metrics) and, for a training state, the optimizer, scheduler,
 epoch and every random state. They are written atomically (temporary file, then ``os.replace``)
-so an interrupted save never leaves a half-written file in place of a good one, and read with
-``torch.load(weights_only=True)`` so loading a file runs no pickled code.
+so an interrupted save (or a full disk) never leaves a half-written file in place of a good one,
+with the permissions of any file the user writes (0666 minus the umask), and read with
+``torch.load(weights_only=True)`` so loading a file runs no pickled code. A training state also
+records the optimizer's and scheduler's types and settings (``optimizer_config``,
+``scheduler_config``), so that resuming with other ones is refused with what differs.
 """
 from __future__ import annotations
 
+import collections
+import errno
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -18,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_training_state", "rng_state", "save_checkpoint",
-           "save_training_state", "set_rng_state"]
+__all__ = ["CheckpointError", "config_differences", "load_checkpoint", "load_training_state", "optimizer_config",
+           "rng_state", "save_checkpoint", "save_training_state", "scheduler_config", "set_rng_state"]
 
 
 
@@ -69,6 +75,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, arch: st
     Raises:
         TypeError: an entry that ``torch.load(weights_only=True)`` could not read back (e.g. a
             NumPy number or a custom object); the message names the entry.
+        OSError: the file could not be written; for a full disk (ENOSPC) the message names the
+            file and says the previous one is intact.
 
     The file is first written to a temporary file in the same folder, then moved over ``path``
     with ``os.replace``, which is atomic: a crash or interrupt mid-save leaves the old file intact.
@@ -87,15 +95,32 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, arch: st
     _check_plain(state, "checkpoint")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        _chmod_as_user_file(fd)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = f"the previous {path.name} is intact" if path.exists() else f"nothing was written to {path}"
+            raise OSError(exc.errno, f"no space left to save {path} ({kept}): free some disk space or "
+                                     "choose another checkpoint folder, then save again") from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _chmod_as_user_file(fd: int) -> None:
+    """Give a mkstemp file (0600) the permissions any new file of the user gets (0666 minus umask)."""
+    if not hasattr(os, "fchmod"):  # Windows: permissions are not POSIX modes
+        return
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
 
 
 
@@ -124,12 +149,31 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: train the model first (the lesson saves it "
                               "with cvlab.checkpoints.save_checkpoint), or check the path")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): a save was cut short before it began, or the file "
+                              "was created by hand. Delete it and save (or train) the model again.")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        message = str(exc)
+        if "GLOBAL" in message:  # "Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y ... blocked"
+            raise CheckpointError(
+                f"{path} was refused for safety: it holds pickled Python objects (not only tensors and plain "
+                "values) that could run code when loaded, which torch.load(weights_only=True) does not allow; "
+                "it was not written by cvlab.checkpoints.save_checkpoint. Only if you made this file yourself "
+                "and trust it, load it with torch.load(path, weights_only=False) and save the model again "
+                f"with save_checkpoint; otherwise delete it. PyTorch's reason, in full:\n{message}") from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint: torch.load(weights_only=True) refused it. It is truncated or "
+            "corrupt, or not a PyTorch checkpoint, or a pickle whose contents could run code when loaded. Delete "
+            "it and save "
+            "(or train) the model again, or check the path; load it with weights_only=False only if you made "
+            f"the file yourself and trust it. PyTorch's reason, in full:\n{message}") from None
     except Exception as exc:  # torch raises many types for a bad file
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200]}). The file may be truncated or "
-                              "corrupt: delete it and save the model again.") from None
+                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''}). The file may be truncated or "
+                              "corrupt, or not a checkpoint at all: delete it and save the model again, or "
+                              "check the path.") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
         raise CheckpointError(f"{path} was not written by cvlab.checkpoints.save_checkpoint (no 'arch' "
                               "and 'state_dict' entries); for a bare state_dict use "
@@ -209,6 +253,73 @@ def set_rng_state(state: dict[str, Any], train_loader: Any = None) -> None:
         g.set_state(s)
 
 
+#: optimizer settings that choose an implementation, not the arithmetic: not compared on resume
+IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+#: scheduler settings that say how long the schedule is: a factory rebuilds them on resume
+TOTAL_KEYS = ("total_steps", "T_max", "total_iters")
+_SCHEDULER_SETTINGS = {
+    "StepLR": ("step_size", "gamma"), "MultiStepLR": ("milestones", "gamma"), "ExponentialLR": ("gamma",),
+    "CosineAnnealingLR": ("T_max", "eta_min"), "LinearLR": ("start_factor", "end_factor", "total_iters"),
+    "ConstantLR": ("factor", "total_iters"), "PolynomialLR": ("total_iters", "power"),
+    "CosineAnnealingWarmRestarts": ("T_0", "T_mult", "eta_min"),
+    "ReduceLROnPlateau": ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lrs", "eps"),
+    "OneCycleLR": ("total_steps", "cycle_momentum", "_anneal_func_type"),
+}
+
+
+def _plain_value(v: Any) -> Any:
+    if isinstance(v, collections.Counter):
+        return sorted(v.elements())
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, (list, tuple)):
+        return [_plain_value(x) for x in v]
+    if isinstance(v, (str, int, float, bool, type(None))):
+        return v
+    return repr(v)
+
+
+def optimizer_config(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's type and constructor settings (``optimizer.defaults`` without params)."""
+    return {"type": type(optimizer).__name__,
+            "settings": {k: _plain_value(v) for k, v in optimizer.defaults.items() if k != "params"}}
+
+
+def scheduler_config(scheduler: Any) -> dict[str, Any] | None:
+    """The scheduler's type and the constructor settings that can be read back (None: no scheduler).
+
+    E.g. ``OneCycleLR``: total_steps, max_lr, initial_lr, min_lr, pct_start, ...; ``StepLR``:
+    step_size, gamma; ``CosineAnnealingLR``: T_max, eta_min. Other types: the type only.
+    """
+    if scheduler is None:
+        return None
+    name = type(scheduler).__name__
+    settings = {k.lstrip("_"): _plain_value(getattr(scheduler, k)) for k in _SCHEDULER_SETTINGS.get(name, ())
+                if hasattr(scheduler, k)}
+    if name == "OneCycleLR":
+        groups = scheduler.optimizer.param_groups
+        for key in ("max_lr", "initial_lr", "min_lr"):
+            settings[key] = [_plain_value(g.get(key)) for g in groups]
+        phases = getattr(scheduler, "_schedule_phases", [])
+        settings["three_phase"] = len(phases) == 3
+        if phases and scheduler.total_steps:
+            settings["pct_start"] = round((float(phases[0]["end_step"]) + 1) / scheduler.total_steps, 2)
+    return {"type": name, "settings": settings}
+
+
+def config_differences(what: str, saved: dict[str, Any] | None, now: dict[str, Any] | None, *,
+                       ignore: tuple[str, ...] = ()) -> list[str]:
+    """What differs between two ``optimizer_config``/``scheduler_config`` dicts, one line each."""
+    type_of = lambda c: c["type"] if c else "none"
+    if type_of(saved) != type_of(now):
+        return [f"{what}: saved {type_of(saved)}, now {type_of(now)}"]
+    if not saved or not now:
+        return []
+    s, n = saved.get("settings", {}), now.get("settings", {})
+    return [f"{what} {k}: saved {s.get(k)!r}, now {n.get(k)!r}" for k in sorted(set(s) | set(n))
+            if k not in ignore and s.get(k) != n.get(k)]
+
+
 def save_training_state(path: str | os.PathLike, model: torch.nn.Module, *, epoch: int,
                         optimizer: torch.optim.Optimizer, scheduler: Any = None, scaler: Any = None,
                         history: list[dict[str, float]] | None = None, train_loader: Any = None,
@@ -234,6 +345,7 @@ def save_training_state(path: str | os.PathLike, model: torch.nn.Module, *, epoc
         TypeError: as ``save_checkpoint``.
     """
     return save_checkpoint(path, model, epoch=int(epoch), optimizer=optimizer.state_dict(),
+                           optimizer_config=optimizer_config(optimizer), scheduler_config=scheduler_config(scheduler),
                            scheduler=scheduler.state_dict() if scheduler is not None else None,
                            scaler=scaler.state_dict() if scaler is not None else None,
                            history=list(history or []), rng=rng_state(train_loader), **extra)
@@ -246,18 +358,38 @@ def load_training_state(path: str | os.PathLike, model: torch.nn.Module, optimiz
 
     Loads the model's weights, the optimizer's, scheduler's and scaler's states (where both the
     object and the saved state exist) and every random state, including ``train_loader``'s.
+    A checkpoint that records the optimizer's and scheduler's types and settings (every one
+    ``save_training_state`` writes) is loaded only into an optimizer (and a given scheduler) of
+    the same type and settings; implementation flags (foreach, fused, ...) may differ.
 
     Returns:
         the checkpoint dict (``epoch``, ``history`` and any extra entries).
 
     Raises:
-        CheckpointError: as ``load_checkpoint``, or a checkpoint that holds weights only.
+        CheckpointError: as ``load_checkpoint``, a checkpoint that holds weights only, or an
+            optimizer or scheduler of another type or with other settings (the message lists
+            what differs, saved vs now).
     """
     state = load_checkpoint(path, model, arch=arch, map_location=map_location)
     if "optimizer" not in state or "epoch" not in state:
         raise CheckpointError(f"{path} holds weights only, not a training state; resume from "
                               "the last.pt that fit(checkpoint_dir=...) writes")
-    optimizer.load_state_dict(state["optimizer"])
+    diffs = []
+    if "optimizer_config" in state:
+        diffs += config_differences("optimizer", state["optimizer_config"], optimizer_config(optimizer),
+                                    ignore=IMPLEMENTATION_FLAGS)
+    if scheduler is not None and "scheduler_config" in state:
+        diffs += config_differences("scheduler", state["scheduler_config"], scheduler_config(scheduler))
+    if diffs:
+        raise CheckpointError(f"{path} was saved with other training settings than this run's: "
+                              f"{'; '.join(diffs)}. Resume with the saved settings, or start a new run "
+                              "(without resume_from, in a new checkpoint folder) to train with these.")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} holds the state of another optimizer or other parameters than this one "
+                              f"({type(exc).__name__}: {exc}): resume with the optimizer and model of the saved "
+                              "run, or start a new run without resume_from") from None
     for part, saved in ((scheduler, state.get("scheduler")), (scaler, state.get("scaler"))):
         if part is not None and saved is not None:
             part.load_state_dict(saved)

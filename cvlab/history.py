@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["EarlyStopping", "History"]
+__all__ = ["DIVERGENCE_FACTOR", "EarlyStopping", "History", "divergence_reason"]
 
 
 class History:
@@ -22,12 +22,14 @@ class History:
         records: the list of per-epoch dicts.
         interrupted: True when training was stopped by a KeyboardInterrupt.
         stopped_early: True when early stopping ended training.
+        diverged: True when ``fit`` stopped because training diverged (``TrainingDiverged``).
     """
 
     def __init__(self, records: list[dict[str, float]] | None = None):
         self.records: list[dict[str, float]] = [dict(r) for r in records or []]
         self.interrupted = False
         self.stopped_early = False
+        self.diverged = False
 
     def append(self, record: dict[str, float]) -> None:
         """Add one epoch's record (a copy is kept)."""
@@ -66,7 +68,8 @@ class History:
         return self.records[values.index(pick(values))]
 
     def __repr__(self) -> str:
-        flags = [f for f, on in ((", interrupted", self.interrupted), (", stopped early", self.stopped_early)) if on]
+        flags = [f for f, on in ((", interrupted", self.interrupted), (", stopped early", self.stopped_early),
+                                                  (", diverged", self.diverged)) if on]
         return f"History({len(self)} epochs{''.join(flags)})"
 
 
@@ -119,4 +122,27 @@ class EarlyStopping:
     def load_state_dict(self, state: dict[str, float]) -> None:
         """Restore what ``state_dict`` returned (missing entries: a fresh start)."""
         self.best_score, self.stale = state.get("best_score", -math.inf), state.get("stale_epochs", 0)
+
+
+#: ``fit``'s growth rule: an epoch's mean training loss above this many times the first batch's loss
+#: (and above log(num_classes)) counts as diverged
+DIVERGENCE_FACTOR = 3.0
+
+
+
+def divergence_reason(loss: float, stats: dict) -> str:
+    """Why an epoch's mean training loss counts as diverged ("" when it does not).
+
+    The rule: the loss is more than ``DIVERGENCE_FACTOR`` (3) times the first batch's loss of
+    this ``fit`` call AND above log(num_classes), the cross-entropy of guessing uniformly at
+    random. It is checked only where the logits are 2-D (num_classes is known). A learning model
+    never averages a whole epoch above both its starting loss x3 and chance level."""
+    first, classes = stats.get("first_loss"), stats.get("num_classes")
+    if first is None or classes is None:
+        return ""
+    chance = math.log(classes)
+    if loss > DIVERGENCE_FACTOR * first and loss > chance:
+        return (f"its mean training loss {loss:.4g} is more than {DIVERGENCE_FACTOR:g}x the first batch's "
+                f"loss ({first:.4g}) and above log({classes}) = {chance:.3f}, the loss of guessing at random")
+    return ""
 

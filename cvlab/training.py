@@ -21,18 +21,25 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import load_training_state, save_checkpoint, save_training_state
-from .history import EarlyStopping, History
+from .history import EarlyStopping, History, divergence_reason
+from .resume import resume, save_epoch, save_failed
+from .schedules import Scheduler, SchedulerFactory, make_scheduler, step_epoch_scheduler
 from .utils import get_device, set_seed
 
-__all__ = ["evaluate", "fit", "train_one_epoch"]
+__all__ = ["TrainingDiverged", "evaluate", "fit", "train_one_epoch"]
+
+class TrainingDiverged(FloatingPointError):
+    """``fit`` stopped because training diverged (a NaN/inf loss, or a loss that grew far above its start).
+
+    Attributes:
+        history: the ``History`` of the epochs that finished before (``history.diverged`` is True).
+    """
+
+    def __init__(self, message: str, history: "History"):
+        super().__init__(message)
+        self.history = history
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
-#: a scheduler factory: ``(optimizer, total_steps) -> scheduler``
-SchedulerFactory = Callable[[torch.optim.Optimizer, int], Scheduler]
-
-
 def _check_batch(x: Any, y: Any) -> None:
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError(f"a batch must be a pair of tensors (x, y), got ({type(x).__name__}, "
@@ -69,8 +76,12 @@ def _len(loader: Iterable) -> int | None:
 
 def _train_batches(model: nn.Module, loader: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                    device: torch.device, bar: tqdm, scheduler: Scheduler | None, amp_dtype: torch.dtype | None,
-                   scaler: torch.amp.GradScaler | None, max_grad_norm: float | None) -> tuple[float, float]:
-    """The body of ``train_one_epoch``: forward, loss, zero_grad, backward, (clip), step per batch."""
+                   scaler: torch.amp.GradScaler | None, max_grad_norm: float | None,
+                   stats: dict | None = None) -> tuple[float, float]:
+    """The body of ``train_one_epoch``: forward, loss, zero_grad, backward, (clip), step per batch.
+
+    ``stats``, if given, receives ``first_loss`` (the first batch's loss, once) and ``num_classes``
+    (from 2-D logits), which ``fit``'s divergence rule uses."""
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in loader:
         _check_batch(x, y)
@@ -83,6 +94,10 @@ def _train_batches(model: nn.Module, loader: Iterable, loss_fn: Callable, optimi
             raise FloatingPointError(f"the training loss became {loss_value} after {seen} samples: "
                                      "lower the learning rate, clip gradients (max_grad_norm), or check "
                                      "the inputs for NaN")
+        if stats is not None:
+            stats.setdefault("first_loss", loss_value)
+            if logits.dim() == 2 and logits.shape[1] >= 2:
+                stats["num_classes"] = int(logits.shape[1])
         optimizer.zero_grad()
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -188,59 +203,39 @@ def _default_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=lr)
 
 
-def _make_scheduler(scheduler: Scheduler | SchedulerFactory | None, optimizer: torch.optim.Optimizer,
-                    total_steps: int | None) -> Scheduler | None:
-    """A scheduler as given, or built by a factory ``(optimizer, total_steps) -> scheduler``."""
-    if scheduler is None or isinstance(scheduler, (torch.optim.lr_scheduler.LRScheduler,
-                                                   torch.optim.lr_scheduler.ReduceLROnPlateau)):
-        return scheduler
-    if not callable(scheduler):
-        raise TypeError(f"scheduler must be a learning-rate scheduler or a function (optimizer, total_steps) -> "
-                        f"scheduler, got {type(scheduler).__name__}")
-    if total_steps is None:
-        raise ValueError("a scheduler factory needs len(train_loader); this loader has no length: build the "
-                         "scheduler yourself and pass it")
-    return scheduler(optimizer, total_steps)
-
-
-def _step_epoch_scheduler(scheduler: Scheduler | None, per_batch: bool, value: float) -> None:
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        scheduler.step(value)
-    elif scheduler is not None and not per_batch:
-        scheduler.step()
-
-
-def _save_epoch(directory: Path | None, model, record, improved: bool, info: dict, **state) -> None:
-    """``best.pt`` when the monitored value improved, and ``last.pt`` (the whole training state)."""
-    if directory is None:
-        return
-    if improved:
-        save_checkpoint(directory / "best.pt", model, metrics=record, epoch=int(record["epoch"]), **info)
-    save_training_state(directory / "last.pt", model, epoch=int(record["epoch"]), metrics=record, **state, **info)
-
-
-def _resume(path, model, optimizer, scheduler, scaler, stopper, train_loader, info, device) -> tuple[History, int]:
-    """Restore a ``last.pt``; return the history so far and the next epoch."""
-    state = load_training_state(path, model, optimizer, scheduler=scheduler, scaler=scaler, train_loader=train_loader,
-                                arch=info.get("arch"), map_location=device)
-    stopper.load_state_dict(state)
-    return History(state.get("history", [])), int(state["epoch"]) + 1
-
-
 def _run_epoch(epoch, model, train_loader, val_loader, loss_fn, optimizer, device, bar, scheduler, per_batch,
-               monitor, amp_dtype, scaler, max_grad_norm) -> dict[str, float]:
+               monitor, amp_dtype, scaler, max_grad_norm, stats=None) -> dict[str, float]:
     """Train one epoch, evaluate, step an epoch scheduler; return the epoch's record."""
     t0 = time.perf_counter()
     with _mode(model, True):
         train_loss, train_acc = _train_batches(model, train_loader, loss_fn, optimizer, device, bar,
-                                               scheduler if per_batch else None, amp_dtype, scaler, max_grad_norm)
+                                               scheduler if per_batch else None, amp_dtype, scaler, max_grad_norm,
+                                               stats)
     record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
     if val_loader is not None:
         record["val_loss"], record["val_acc"] = evaluate(model, val_loader, loss_fn, device, amp_dtype=amp_dtype)
-    _step_epoch_scheduler(scheduler, per_batch, record[monitor])
+    step_epoch_scheduler(scheduler, per_batch, record[monitor])
     record["lr"] = optimizer.param_groups[0]["lr"]
     record["seconds"] = time.perf_counter() - t0
     return record
+
+
+def _diverged(what: str, optimizer: torch.optim.Optimizer, history: History, ckpt_dir: Path | None) -> TrainingDiverged:
+    """The ``TrainingDiverged`` for ``fit``: what happened, the learning rate(s), what was kept, what to try."""
+    lrs = ", ".join(f"{g['lr']:.3g}" for g in optimizer.param_groups)
+    history.diverged = True
+    if not len(history):
+        kept = "no epoch finished, so no checkpoint was written"
+    else:
+        kept = f"the {len(history)} finished epoch(s) are in this exception's .history"
+        if ckpt_dir is not None:
+            kept += f", and last.pt and best.pt in {ckpt_dir} hold the last finished and the best of them"
+    return TrainingDiverged(
+        f"Training stopped: {what}. Learning rate{'s' if len(optimizer.param_groups) > 1 else ''} at that "
+        f"point: {lrs}. The diverged epoch was not kept; {kept}. Try: a lower learning rate (e.g. 10x lower), "
+        "clipping gradients (max_grad_norm=1.0 in fit, --max-grad-norm 1 on the command line), and checking the "
+        "inputs (normalised, no NaN or inf). Start a new run with the new settings (resuming keeps the saved ones).",
+        history)
 
 
 def _amp_dtype(amp_dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype | None:
@@ -304,7 +299,10 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
             ``best.pt``; both atomically (``cvlab.checkpoints.save_checkpoint``).
         resume_from: a ``last.pt`` written by an earlier ``fit``: restores all of the above and
             continues from the next epoch. With the same data, model and settings the resumed
-            run ends with exactly the numbers of an uninterrupted one.
+            run ends with exactly the numbers of an uninterrupted one. ``epochs`` may be larger
+            than the saved run's: a scheduler given as a factory is then rebuilt for the new
+            total and advanced to the steps already done (the remaining learning rates differ
+            from those of a run planned that long from the start; a line says so).
         checkpoint_info: extra entries for the checkpoints (``arch``, ``model_kwargs``,
             ``class_names``).
 
@@ -316,8 +314,16 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
 
     Raises:
         ValueError: a bad argument (the message says which and what is allowed).
-        FloatingPointError: the loss became NaN or infinite.
-        CheckpointError: ``resume_from`` is missing, corrupt, or holds another model.
+        TrainingDiverged: (a ``FloatingPointError``) the loss became NaN or infinite, or an
+            epoch's mean training loss grew above 3x the first batch's loss and above
+            log(num_classes) (guessing at random). The epochs that finished are kept: their
+            ``History`` is the exception's ``.history`` and their ``last.pt``/``best.pt`` stay.
+        OSError: a checkpoint could not be written (e.g. the disk is full): training stops, the
+            files already written stay intact, and the error's ``.history`` holds every
+            finished epoch.
+        CheckpointError: ``resume_from`` is missing, corrupt, holds another model, or was saved
+            with another optimizer (type or settings) or scheduler (type or settings other than
+            its length); or a scheduler instance planned for fewer steps than ``epochs`` take.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
@@ -338,24 +344,40 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     per_batch = scheduler_step == "batch"
     steps = _len(train_loader)
-    scheduler = _make_scheduler(scheduler, optimizer, (epochs * steps if steps else None) if per_batch else epochs)
+    factory = None if isinstance(scheduler, (torch.optim.lr_scheduler.LRScheduler,
+                                             torch.optim.lr_scheduler.ReduceLROnPlateau)) else scheduler
+    needed = (epochs * steps if steps else None) if per_batch else epochs
+    scheduler = make_scheduler(scheduler, optimizer, needed)
     per_batch = per_batch and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     info, ckpt_dir = dict(checkpoint_info or {}), Path(checkpoint_dir) if checkpoint_dir is not None else None
     history, start = History(), 1
     if resume_from is not None:
-        history, start = _resume(resume_from, model, optimizer, scheduler, scaler, stopper, train_loader, info, device)
+        history, start, scheduler = resume(resume_from, model, optimizer, scheduler, factory, needed, epochs, scaler,
+                                            stopper, train_loader, info, device)
     total = (epochs - start + 1) * steps if steps else None
+    stats: dict[str, float] = {}
     bar = tqdm(total=total, desc="fit", unit="batch", disable=not progress or start > epochs, leave=True)
     try:
         for epoch in range(start, epochs + 1):
             bar.set_description(f"epoch {epoch}/{epochs}")
-            record = _run_epoch(epoch, model, train_loader, val_loader, loss_fn, optimizer, device, bar, scheduler,
-                                per_batch, monitor, amp_dtype, scaler, max_grad_norm)
+            try:
+                record = _run_epoch(epoch, model, train_loader, val_loader, loss_fn, optimizer, device, bar,
+                                    scheduler, per_batch, monitor, amp_dtype, scaler, max_grad_norm, stats)
+            except FloatingPointError as exc:
+                raise _diverged(f"the training loss became non-finite in epoch {epoch} ({exc})", optimizer,
+                                history, ckpt_dir) from None
+            grown = divergence_reason(record["train_loss"], stats)
+            if grown:
+                raise _diverged(f"training diverged in epoch {epoch}: {grown}", optimizer, history, ckpt_dir)
             history.append(record)
             bar.set_postfix({k: round(v, 3) for k, v in record.items() if k in ("train_loss", "val_loss", "val_acc")})
             improved = stopper.update(record)
-            _save_epoch(ckpt_dir, model, record, improved, info, optimizer=optimizer, scheduler=scheduler,
-                        scaler=scaler, history=history.records, train_loader=train_loader, **stopper.state_dict())
+            try:
+                save_epoch(ckpt_dir, model, record, improved, info, optimizer=optimizer, scheduler=scheduler,
+                            scaler=scaler, history=history.records, train_loader=train_loader, planned_steps=needed,
+                            **stopper.state_dict())
+            except OSError as exc:
+                raise save_failed(exc, epoch, history, ckpt_dir) from exc
             if stopper.should_stop:
                 history.stopped_early = True
                 print(f"Early stopping after epoch {epoch}: {monitor} has not improved for {stopper.stale} epochs "
