@@ -346,3 +346,14 @@ def test_when_the_rebuild_fails_the_message_says_how_to_do_it_by_hand(tmp_path, 
     assert info.value.code == 1
     out = capsys.readouterr().out
     assert "still does not work" in out and f"rm -rf {env} && python course.py setup" in out
+
+
+def test_a_huge_learning_rate_stops_with_a_divergence_message_and_exit_1(tmp_path, capsys):
+    """Issue 9's check: --lr 1e9 is a valid number, so the run starts, diverges, and says so (exit 1),
+    keeping history.json of the epochs before (none here, or the good ones)."""
+    out = tmp_path / "run"
+    code = main(["train", "--model", "LinearModel", "--epochs", "2", "--train-limit", "512", "--lr", "1e9",
+                 "--no-progress", "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Training stopped" in err and "Learning rate" in err and "lower learning rate" in err

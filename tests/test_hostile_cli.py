@@ -78,9 +78,8 @@ CASES = [
     # --- numbers: NaN, inf, zero, negative, absurdly large, not a number -------------------------
     case(["--lr", "nan"], 2, "argument --lr: must be a finite number, got nan", "e.g. 1e-2", id="lr-nan"),
     case(["--lr", "inf"], 2, "argument --lr: must be a finite number, got inf", id="lr-inf"),
-    case(["--lr", "-1"], 2, "argument --lr: must be > 0 and <= 10, got -1", "e.g. 1e-2 for AdamW", id="lr-negative"),
+    case(["--lr", "-1"], 2, "argument --lr: must be > 0, got -1", "e.g. 1e-2 for AdamW", id="lr-negative"),
     case(["--lr", "0"], 2, "argument --lr: must be > 0", id="lr-zero"),
-    case(["--lr", "1e9"], 2, "argument --lr: must be > 0 and <= 10, got 1e9", id="lr-huge"),
     case(["--lr", "fast"], 2, "argument --lr: 'fast' is not a number", id="lr-text"),
     case(["--epochs", "0"], 2, "argument --epochs: must be > 0 and <= 10000, got 0", "e.g. 3", id="epochs-zero"),
     case(["--epochs", "-3"], 2, "argument --epochs: must be > 0", id="epochs-negative"),
