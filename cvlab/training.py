@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .history import EarlyStopping, History, divergence_reason
 from .resume import resume, save_epoch, save_failed
 from .schedules import Scheduler, SchedulerFactory, make_scheduler, step_epoch_scheduler
-from .utils import get_device, set_seed
+from .utils import autocast_dtype, get_device, set_seed
 
 __all__ = ["TrainingDiverged", "evaluate", "fit", "train_one_epoch"]
 
@@ -39,7 +39,6 @@ class TrainingDiverged(FloatingPointError):
         super().__init__(message)
         self.history = history
 
-AMP_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 def _check_batch(x: Any, y: Any) -> None:
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError(f"a batch must be a pair of tensors (x, y), got ({type(x).__name__}, "
@@ -220,6 +219,30 @@ def _run_epoch(epoch, model, train_loader, val_loader, loss_fn, optimizer, devic
     return record
 
 
+def _check_arguments(epochs, scheduler_step: str, monitor: str, val_loader) -> str:
+    """Raise ValueError for a bad ``epochs`` or ``scheduler_step``; return the monitor to use (a
+    "val_*" monitor falls back to its "train_*" twin without a validation loader)."""
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    if scheduler_step not in ("batch", "epoch"):
+        raise ValueError(f"scheduler_step must be 'batch' or 'epoch', got {scheduler_step!r}")
+    return monitor.replace("val_", "train_") if val_loader is None and monitor.startswith("val_") else monitor
+
+
+def _epoch_or_diverged(epoch: int, history: History, ckpt_dir: Path | None, optimizer, stats, run) -> dict[str, float]:
+    """``run()`` one epoch; a non-finite loss, or one grown far above its start, becomes ``TrainingDiverged``
+    (the diverged epoch is not kept)."""
+    try:
+        record = run()
+    except FloatingPointError as exc:
+        raise _diverged(f"the training loss became non-finite in epoch {epoch} ({exc})", optimizer,
+                        history, ckpt_dir) from None
+    grown = divergence_reason(record["train_loss"], stats)
+    if grown:
+        raise _diverged(f"training diverged in epoch {epoch}: {grown}", optimizer, history, ckpt_dir)
+    return record
+
+
 def _diverged(what: str, optimizer: torch.optim.Optimizer, history: History, ckpt_dir: Path | None) -> TrainingDiverged:
     """The ``TrainingDiverged`` for ``fit``: what happened, the learning rate(s), what was kept, what to try."""
     lrs = ", ".join(f"{g['lr']:.3g}" for g in optimizer.param_groups)
@@ -236,16 +259,6 @@ def _diverged(what: str, optimizer: torch.optim.Optimizer, history: History, ckp
         "clipping gradients (max_grad_norm=1.0 in fit, --max-grad-norm 1 on the command line), and checking the "
         "inputs (normalised, no NaN or inf). Start a new run with the new settings (resuming keeps the saved ones).",
         history)
-
-
-def _amp_dtype(amp_dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype | None:
-    if isinstance(amp_dtype, str):
-        if amp_dtype not in AMP_DTYPES:
-            raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)} or None, got {amp_dtype!r}")
-        amp_dtype = AMP_DTYPES[amp_dtype]
-    if amp_dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("float16 autocast is for CUDA; on a CPU use amp_dtype='bfloat16' (or None)")
-    return amp_dtype
 
 
 def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None, *,
@@ -325,17 +338,12 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
             with another optimizer (type or settings) or scheduler (type or settings other than
             its length); or a scheduler instance planned for fewer steps than ``epochs`` take.
     """
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    if scheduler_step not in ("batch", "epoch"):
-        raise ValueError(f"scheduler_step must be 'batch' or 'epoch', got {scheduler_step!r}")
-    if val_loader is None and monitor.startswith("val_"):
-        monitor = monitor.replace("val_", "train_")
+    monitor = _check_arguments(epochs, scheduler_step, monitor, val_loader)
     stopper = EarlyStopping(monitor, early_stopping_patience, min_delta)
     if seed is not None:
         set_seed(seed)
     device = get_device(device)
-    amp_dtype = _amp_dtype(amp_dtype, device)
+    amp_dtype = autocast_dtype(amp_dtype, device)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -360,15 +368,9 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
     try:
         for epoch in range(start, epochs + 1):
             bar.set_description(f"epoch {epoch}/{epochs}")
-            try:
-                record = _run_epoch(epoch, model, train_loader, val_loader, loss_fn, optimizer, device, bar,
-                                    scheduler, per_batch, monitor, amp_dtype, scaler, max_grad_norm, stats)
-            except FloatingPointError as exc:
-                raise _diverged(f"the training loss became non-finite in epoch {epoch} ({exc})", optimizer,
-                                history, ckpt_dir) from None
-            grown = divergence_reason(record["train_loss"], stats)
-            if grown:
-                raise _diverged(f"training diverged in epoch {epoch}: {grown}", optimizer, history, ckpt_dir)
+            record = _epoch_or_diverged(epoch, history, ckpt_dir, optimizer, stats, lambda: _run_epoch(
+                epoch, model, train_loader, val_loader, loss_fn, optimizer, device, bar, scheduler, per_batch, monitor,
+                amp_dtype, scaler, max_grad_norm, stats))
             history.append(record)
             bar.set_postfix({k: round(v, 3) for k, v in record.items() if k in ("train_loss", "val_loss", "val_acc")})
             improved = stopper.update(record)

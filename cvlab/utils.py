@@ -10,7 +10,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_SEED", "cpu_has_bf16", "cpu_info", "get_device", "key_result", "set_seed", "sha256_file"]
+__all__ = ["AMP_DTYPES", "DEFAULT_SEED", "autocast_dtype", "cpu_has_bf16", "cpu_info", "get_device", "key_result", "set_seed", "sha256_file"]
 
 #: the one seed default of the package: every ``seed=`` argument defaults to it
 DEFAULT_SEED = 0
@@ -124,3 +124,27 @@ def cpu_info() -> str:
         pass
     capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
     return f"{model}, {torch.get_num_threads()} threads, ATen {capability}"
+
+
+#: names ``fit`` and the CLI accept for mixed precision
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def autocast_dtype(amp_dtype: "torch.dtype | str | None", device: "torch.device | str | None" = None) -> "torch.dtype | None":
+    """The dtype for ``torch.autocast`` from a dtype or its name ("bfloat16"/"bf16", "float16"/"fp16"), or None.
+
+    Args:
+        amp_dtype: a dtype, one of ``AMP_DTYPES``' names, or None (full float32).
+        device: where it will run; None picks CUDA, then MPS, then CPU.
+
+    Raises:
+        ValueError: an unknown name, or float16 on a CPU (use bfloat16 there).
+    """
+    device = get_device(device)
+    if isinstance(amp_dtype, str):
+        if amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)} or None, got {amp_dtype!r}")
+        amp_dtype = AMP_DTYPES[amp_dtype]
+    if amp_dtype == torch.float16 and device.type == "cpu":
+        raise ValueError("float16 autocast is for CUDA; on a CPU use amp_dtype='bfloat16' (or None)")
+    return amp_dtype
