@@ -159,7 +159,8 @@ def _train(args, model, optimizer, scheduler, step, device, train_loader, val_lo
             early_stopping_patience=args.patience, monitor="val_loss", checkpoint_dir=out, resume_from=args.resume,
             checkpoint_info={"arch": args.model, "model_kwargs": kwargs, "class_names": class_names,
                              "preprocess": inputs})
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # fit's TrainingInterrupted carries the finished epochs
+        _write_history(out, getattr(exc, "history", None), args)
         print(f"\ncvlab train: interrupted; {out / 'last.pt'} holds the last finished epoch: {resume_hint}",
               file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -183,7 +184,7 @@ def _train(args, model, optimizer, scheduler, step, device, train_loader, val_lo
     _write_history(out, history, args)
     if not len(history):
         print("cvlab train: no epoch finished; nothing to report", file=sys.stderr)
-        return EXIT_INTERRUPTED if history.interrupted else EXIT_FAILED
+        return EXIT_FAILED
     best, _ = models.load_model(out / "best.pt", map_location=device)
     probs, y_true = metrics.predict(best, val_loader, device=device)
     y_pred = probs.argmax(1)
@@ -192,9 +193,6 @@ def _train(args, model, optimizer, scheduler, step, device, train_loader, val_lo
           f"{metrics.accuracy(y_true, y_pred):.2f} %; training time {history.total_seconds:.1f} s")
     print(metrics.classification_report(y_true, y_pred, class_names))
     print(f"saved {out / 'best.pt'}, {out / 'last.pt'} and {out / 'history.json'}")
-    if history.interrupted:
-        print(f"cvlab train: interrupted; {resume_hint}", file=sys.stderr)
-        return EXIT_INTERRUPTED
     return 0
 
 

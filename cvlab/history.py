@@ -2,12 +2,14 @@
 epoch (losses, accuracies in %, learning rate, seconds); ``EarlyStopping`` follows one of those
 numbers and says when it improved (for ``best.pt``) and when to stop (Prechelt, 1998, "Early
 Stopping - But When?"). ``cvlab.training.fit`` uses both; ``plot_history`` draws a History.
+A run that ends before its last epoch raises an exception that carries its History:
+``TrainingDiverged`` or ``TrainingInterrupted``.
 """
 from __future__ import annotations
 
 import math
 
-__all__ = ["DIVERGENCE_FACTOR", "EarlyStopping", "History", "divergence_reason"]
+__all__ = ["DIVERGENCE_FACTOR", "EarlyStopping", "History", "TrainingDiverged", "TrainingInterrupted", "divergence_reason"]
 
 
 class History:
@@ -146,3 +148,28 @@ def divergence_reason(loss: float, stats: dict) -> str:
                 f"loss ({first:.4g}) and above log({classes}) = {chance:.3f}, the loss of guessing at random")
     return ""
 
+
+class TrainingDiverged(FloatingPointError):
+    """``fit`` stopped because training diverged (a NaN/inf loss, or a loss that grew far above its start).
+
+    Attributes:
+        history: the ``History`` of the epochs that finished before (``history.diverged`` is True).
+    """
+
+    def __init__(self, message: str, history: History):
+        super().__init__(message)
+        self.history = history
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """``fit`` was stopped (the notebook's stop button, Ctrl-C, or a test runner's time limit) after
+    saving what had finished. It is a ``KeyboardInterrupt``, so it still stops the cell or script.
+
+    Attributes:
+        history: the ``History`` of the epochs that finished (``history.interrupted`` is True); in
+            Jupyter, right after the cell stopped, it is ``sys.last_value.history``.
+    """
+
+    def __init__(self, message: str, history: History):
+        super().__init__(message)
+        self.history = history

@@ -19,25 +19,14 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .history import EarlyStopping, History, divergence_reason
+from .history import EarlyStopping, History, TrainingDiverged, TrainingInterrupted, divergence_reason
 from .resume import resume, save_epoch, save_failed
 from .schedules import Scheduler, SchedulerFactory, make_scheduler, step_epoch_scheduler
-from .utils import autocast_dtype, get_device, set_seed
+from .utils import autocast_dtype, get_device, progress_bar, set_seed
 
-__all__ = ["TrainingDiverged", "evaluate", "fit", "train_one_epoch"]
+__all__ = ["evaluate", "fit", "train_one_epoch"]
 
-class TrainingDiverged(FloatingPointError):
-    """``fit`` stopped because training diverged (a NaN/inf loss, or a loss that grew far above its start).
-
-    Attributes:
-        history: the ``History`` of the epochs that finished before (``history.diverged`` is True).
-    """
-
-    def __init__(self, message: str, history: "History"):
-        super().__init__(message)
-        self.history = history
 
 def _check_batch(x: Any, y: Any) -> None:
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
@@ -62,10 +51,6 @@ def _mode(model: nn.Module, training: bool):
         model.train(was_training)
 
 
-def _bar(total: int | None, progress: bool, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="batch", disable=not progress, leave=False)
-
-
 def _len(loader: Iterable) -> int | None:
     try:
         return len(loader)  # type: ignore[arg-type]
@@ -74,7 +59,7 @@ def _len(loader: Iterable) -> int | None:
 
 
 def _train_batches(model: nn.Module, loader: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
-                   device: torch.device, bar: tqdm, scheduler: Scheduler | None, amp_dtype: torch.dtype | None,
+                   device: torch.device, bar: Any, scheduler: Scheduler | None, amp_dtype: torch.dtype | None,
                    scaler: torch.amp.GradScaler | None, max_grad_norm: float | None,
                    stats: dict | None = None) -> tuple[float, float]:
     """The body of ``train_one_epoch``: forward, loss, zero_grad, backward, (clip), step per batch.
@@ -141,7 +126,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optim
             not underflow); None otherwise.
         max_grad_norm: clip the gradients' global L2 norm to this value before each step
             (``torch.nn.utils.clip_grad_norm_``); None for no clipping.
-        progress: show a tqdm progress bar (one tick per batch).
+        progress: show a progress bar (``cvlab.utils.progress_bar``, one tick per batch).
 
     Returns:
         ``(loss, accuracy)``: the sample-weighted mean loss and the accuracy in % over the epoch.
@@ -152,7 +137,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optim
         ValueError: the loader yielded no batches.
     """
     device = get_device(device)
-    with _mode(model.to(device), True), _bar(_len(loader), progress, "train") as bar:
+    with _mode(model.to(device), True), progress_bar(total=_len(loader), desc="train", enabled=progress) as bar:
         return _train_batches(model, loader, loss_fn, optimizer, device, bar, scheduler, amp_dtype, scaler,
                               max_grad_norm)
 
@@ -167,7 +152,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable | None = None
         loss_fn: defaults to ``nn.CrossEntropyLoss()``.
         device: as in ``train_one_epoch``.
         amp_dtype: as in ``train_one_epoch``.
-        progress: show a tqdm progress bar.
+        progress: show a progress bar (``cvlab.utils.progress_bar``).
 
     Returns:
         ``(loss, accuracy)``: the sample-weighted mean loss and the accuracy in %.
@@ -179,7 +164,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable | None = None
     device = get_device(device)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     total_loss, correct, seen = 0.0, 0, 0
-    with _mode(model.to(device), False), _bar(_len(loader), progress, "evaluate") as bar:
+    with _mode(model.to(device), False), progress_bar(total=_len(loader), desc="evaluate", enabled=progress) as bar:
         for x, y in loader:
             _check_batch(x, y)
             x, y = x.to(device), y.to(device)
@@ -295,7 +280,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
         loss_fn: defaults to ``nn.CrossEntropyLoss()``.
         device: None picks CUDA, then MPS, then CPU (``cvlab.utils.get_device``).
         seed: if given, ``set_seed(seed)`` first (it does not re-initialise the model).
-        progress: show a tqdm progress bar (one tick per batch).
+        progress: show a progress bar (``cvlab.utils.progress_bar``, one tick per batch).
         channels_last: store the model's 4-D weights in ``torch.channels_last`` (NHWC) memory
             format, which CPU convolution kernels (oneDNN) and tensor cores prefer; measured here
             1.3-2x faster for small CNNs on a 2-core CPU. Numbers differ from the default layout
@@ -321,12 +306,13 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
 
     Returns:
         the ``History`` (for a resumed run, including the epochs before the interruption).
-        Stopping the cell (KeyboardInterrupt) ends training early and still returns the
-        history of the finished epochs, with ``history.interrupted = True``; ``last.pt`` and
-        ``best.pt`` hold the last finished epoch and the best one.
 
     Raises:
         ValueError: a bad argument (the message says which and what is allowed).
+        TrainingInterrupted: (a ``KeyboardInterrupt``) the run was stopped; ``last.pt`` and
+            ``best.pt`` hold the last finished epoch and the best one, the exception's
+            ``.history`` the finished epochs. It is raised, not returned, so that a stopped cell
+            (or a test runner's time limit) never looks like a finished run.
         TrainingDiverged: (a ``FloatingPointError``) the loss became NaN or infinite, or an
             epoch's mean training loss grew above 3x the first batch's loss and above
             log(num_classes) (guessing at random). The epochs that finished are kept: their
@@ -364,7 +350,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
                                             stopper, train_loader, info, device)
     total = (epochs - start + 1) * steps if steps else None
     stats: dict[str, float] = {}
-    bar = tqdm(total=total, desc="fit", unit="batch", disable=not progress or start > epochs, leave=True)
+    bar = progress_bar(total=total, desc="fit", enabled=progress and start <= epochs, leave=True)
     try:
         for epoch in range(start, epochs + 1):
             bar.set_description(f"epoch {epoch}/{epochs}")
@@ -385,11 +371,13 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
                 print(f"Early stopping after epoch {epoch}: {monitor} has not improved for {stopper.stale} epochs "
                       f"(best {stopper.best:.4f})")
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         history.interrupted = True
-        where = f"; last.pt and best.pt in {ckpt_dir} hold the last finished and the best epoch" \
-            if ckpt_dir is not None and len(history) else ""
-        print(f"Training interrupted after {len(history)} finished epoch(s); the history so far is returned{where}")
+        where = f"; last.pt and best.pt in {ckpt_dir} hold the last finished and the best epoch (resume with " \
+            f"resume_from=.../last.pt)" if ckpt_dir is not None and len(history) else ""
+        raise TrainingInterrupted(f"training interrupted after {len(history)} finished epoch(s); their History is "
+                                  f"this exception's .history (in Jupyter: sys.last_value.history){where}",
+                                  history) from exc
     finally:
         bar.close()
     return history

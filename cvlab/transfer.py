@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .models import find_layer
-from .utils import get_device
+from .utils import get_device, progress_bar
 
 __all__ = ["extract_features", "freeze", "param_groups", "replace_head", "unfreeze"]
 
@@ -160,7 +159,7 @@ def extract_features(module: nn.Module, data, *, batch_size: int = 64, device: t
     module.eval().to(device)
     feats, labels = [], []
     try:
-        for batch in tqdm(data, desc=desc, unit="batch", disable=not progress, leave=False):
+        for batch in progress_bar(data, desc=desc, enabled=progress):
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 raise ValueError("data must yield (images, labels) pairs, as a DataLoader over an "
                                  "ImageFolder or cvlab.loaders.InMemoryLoader does")

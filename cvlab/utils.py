@@ -1,16 +1,20 @@
-"""The bottom floor every lesson needs: seeding, device choice, CPU features, file hashes and the
-lesson's result line. Nothing here imports another cvlab module.
+"""The bottom floor every lesson needs: seeding, device choice, CPU features, file hashes, progress
+bars and the lesson's result line. Nothing here imports another cvlab module.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
+from typing import Any, Iterable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-__all__ = ["AMP_DTYPES", "DEFAULT_SEED", "autocast_dtype", "cpu_has_bf16", "cpu_info", "get_device", "key_result", "set_seed", "sha256_file"]
+__all__ = ["AMP_DTYPES", "DEFAULT_SEED", "MAX_BAR_REFRESHES", "autocast_dtype", "cpu_has_bf16", "cpu_info", "get_device",
+           "key_result", "progress_bar", "set_seed", "sha256_file"]
 
 #: the one seed default of the package: every ``seed=`` argument defaults to it
 DEFAULT_SEED = 0
@@ -101,6 +105,45 @@ def key_result(text: str) -> None:
     them beside each notebook's run time.
     """
     print(f"Key result: {text}")
+
+
+#: a progress bar redraws at most this many times (plus once per description or postfix change)
+MAX_BAR_REFRESHES = 100
+
+
+def progress_bar(iterable: Iterable | None = None, total: int | None = None, desc: str = "",
+                 enabled: bool = True, leave: bool = False, unit: str = "batch", **tqdm_kwargs: Any) -> tqdm:
+    """A tqdm bar (``tqdm.auto``: a widget in Jupyter, text elsewhere) that redraws a bounded number of times.
+
+    In a notebook every redraw is a message from the kernel to its client. A bar that redraws ten
+    times a second (tqdm's default) sends thousands of them during a long cell; a client that reads
+    them only when the cell ends (nbval does) then loses some to ZeroMQ's 1,000-message queue
+    limit, the kernel's "idle" message among them, and the cell fails with "Timeout of 5 seconds
+    exceeded waiting for output". This bar redraws at most ``MAX_BAR_REFRESHES`` times (every
+    ``total / MAX_BAR_REFRESHES`` steps) and at most twice a second.
+
+    Args:
+        iterable: what to iterate over (as ``tqdm(iterable)``), or None to call ``update`` by hand.
+        total: the number of steps; None takes ``len(iterable)`` when it has one.
+        desc: the label in front of the bar.
+        enabled: False gives a silent bar (``disable=True``) that still counts.
+        leave: keep the finished bar on screen.
+        unit: what one step is called.
+        **tqdm_kwargs: any other ``tqdm`` argument; ``mininterval`` (seconds, default 0.5) and
+            ``miniters`` (steps) override the bounds.
+
+    Returns:
+        the ``tqdm`` object (a context manager; ``with progress_bar(...) as bar:``).
+    """
+    if total is None and iterable is not None:
+        try:
+            total = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    tqdm_kwargs.setdefault("mininterval", 0.5)
+    if total:
+        tqdm_kwargs.setdefault("miniters", max(1, math.ceil(total / MAX_BAR_REFRESHES)))
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, leave=leave, **tqdm_kwargs)
 
 
 def cpu_info() -> str:

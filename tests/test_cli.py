@@ -75,6 +75,28 @@ def test_train_on_fashion_mnist(tmp_path, capsys):
     assert "Ankle boot" in text
 
 
+def test_ctrl_c_in_epoch_2_exits_130_and_keeps_epoch_1(folder, tmp_path, capsys, monkeypatch):
+    import cvlab.training as training
+    real = training._run_epoch
+
+    def stop_in_epoch_2(epoch, *args, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(epoch, *args, **kwargs)
+
+    monkeypatch.setattr(training, "_run_epoch", stop_in_epoch_2)
+    out = tmp_path / "run"
+    assert run(["train", "--data-dir", str(folder), "--model", "LinearModel", "--image-size", "8", "--batch-size", "32", "--epochs", "3",
+                "--no-progress", "--output-dir", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"cvlab train: interrupted; {out / 'last.pt'} holds the last finished epoch: continue it with " \
+           f"--resume {out / 'last.pt'}" in err
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["interrupted"] and [r["epoch"] for r in hist["records"]] == [1]
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+
+
 def test_a_rerun_into_the_same_output_dir_keeps_the_earlier_best_pt(folder, tmp_path, capsys):
     """Issue 9's data loss: a second run into the same folder replaced an 83 % best.pt by a 10 % one."""
     QUICK = ["--data-dir", str(folder), "--model", "LinearModel", "--image-size", "8", "--batch-size", "32",

@@ -18,7 +18,8 @@ from cvlab import checkpoints as C
 from cvlab.checkpoints import CheckpointError, load_checkpoint
 from cvlab.loaders import InMemoryLoader
 from cvlab.models import LinearModel
-from cvlab.training import TrainingDiverged, fit
+from cvlab.history import TrainingDiverged
+from cvlab.training import fit
 
 FIT = dict(progress=False, device="cpu")
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from cvlab.checkpoints import CheckpointError, load_checkpoint
-from cvlab.history import History
+from cvlab.history import History, TrainingInterrupted
 from cvlab.loaders import InMemoryLoader
 from cvlab.models import LinearModel
 from cvlab.training import evaluate, fit, train_one_epoch
@@ -155,12 +155,16 @@ class InterruptingLoader:
             yield batch
 
 
-def test_interrupt_keeps_history_and_checkpoints(toy_data, tmp_path, capsys):
+def test_interrupt_is_raised_with_history_and_checkpoints(toy_data, tmp_path):
+    """A stop (Ctrl-C, the stop button, nbval's time limit) is re-raised, never taken for a finished run."""
     train, val = _loaders(toy_data)
-    h = fit(_model(), InterruptingLoader(train, stop_at=3), val, epochs=5, lr=0.05, progress=False, device="cpu",
+    with pytest.raises(TrainingInterrupted, match=r"interrupted after 2 finished epoch\(s\).*\.history.*"
+                                                  r"last\.pt and best\.pt in .* resume_from") as info:
+        fit(_model(), InterruptingLoader(train, stop_at=3), val, epochs=5, lr=0.05, progress=False, device="cpu",
             checkpoint_dir=tmp_path, monitor="val_acc", checkpoint_info={"class_names": ["dark", "bright"]})
+    assert isinstance(info.value, KeyboardInterrupt)
+    h = info.value.history
     assert h.interrupted and len(h) == 2
-    assert "interrupted after 2 finished epoch(s)" in capsys.readouterr().out
     best = load_checkpoint(tmp_path / "best.pt", _model())
     assert best["metrics"]["val_acc"] == max(h["val_acc"]) and best["class_names"] == ["dark", "bright"]
     last = load_checkpoint(tmp_path / "last.pt", _model())
@@ -188,7 +192,9 @@ def test_resume_ends_exactly_like_an_uninterrupted_run(toy_data, tmp_path):
     torch.manual_seed(123)
     full, full_model = _run(toy_data, tmp_path / "a", epochs=4)
     torch.manual_seed(123)
-    part, _ = _run(toy_data, tmp_path / "b", epochs=4, stop_at=3)
+    with pytest.raises(TrainingInterrupted) as info:
+        _run(toy_data, tmp_path / "b", epochs=4, stop_at=3)
+    part = info.value.history
     assert part.interrupted and len(part) == 2
     torch.manual_seed(999)  # a different global state: resume must restore its own
     resumed, resumed_model = _run(toy_data, tmp_path / "b", epochs=4, resume=True)

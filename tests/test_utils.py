@@ -63,3 +63,21 @@ def test_cpu_has_bf16_reads_cpuinfo(monkeypatch):
     assert U.cpu_has_bf16() is False
     monkeypatch.setattr(builtins, "open", fake(None))
     assert U.cpu_has_bf16() is False
+
+
+@pytest.mark.parametrize("total", [7, 1000, 30000])
+def test_progress_bar_redraws_at_most_max_bar_refreshes_times(total):
+    import io
+    out = io.StringIO()
+    with U.progress_bar(total=total, desc="x", mininterval=0, file=out) as bar:
+        for _ in range(total):
+            bar.update(1)
+    redraws = out.getvalue().count("\r")
+    assert 2 <= redraws <= U.MAX_BAR_REFRESHES + 3, redraws
+    assert bar.n == total
+
+
+def test_progress_bar_takes_the_length_of_an_iterable_and_counts_when_disabled():
+    bar = U.progress_bar(range(50), enabled=False)
+    assert bar.total == 50 and list(bar) == list(range(50)) and bar.disable
+    assert U.progress_bar(iter(range(3))).total is None
