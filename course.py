@@ -11,6 +11,8 @@ Usage (from the folder this file is in; any Python >= 3.10 starts it):
     python course.py regenerate    set up, then re-execute the committed notebooks in place
                                    (name parts select some: python course.py regenerate 01 02)
     python course.py setup         only the set-up
+    python course.py --avx2 ...    run lab, test, regenerate or --headless as on a laptop CPU
+                                   without AVX-512: PyTorch restricted to AVX2 kernels (avx2_env)
     python course.py lock          re-compile requirements.lock from pyproject.toml (after editing
                                    its dependencies), keeping the current pins where they fit;
                                    `lock --upgrade` takes the newest versions allowed. When a pin
@@ -68,6 +70,21 @@ LOCK_COMMAND = ["uv", "pip", "compile", "pyproject.toml", "--extra", "test", "--
 LOCK_NOTE = ("#    (run by `python course.py lock`; `python course.py lock --upgrade` takes newer "
              "versions,\n#    re-installs the environment from this file and regenerates the notebooks)\n")
 CELL_TIMEOUT_S = 900
+
+
+def avx2_env() -> dict[str, str]:
+    """``--avx2``: PyTorch's kernels restricted to AVX2, as on a laptop CPU without AVX-512 (and
+    without AMX, so no fast bfloat16), with a torch.compile cache of its own: the same as
+    ``cvlab.utils.avx2_env()``, which explains each variable (a test keeps the two equal)."""
+    import getpass
+    import tempfile
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "user"
+    return {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "TORCHINDUCTOR_CACHE_DIR": os.path.join(tempfile.gettempdir(), f"torchinductor_{user}_avx2")}
 
 
 def log(msg: str) -> None:
@@ -374,7 +391,9 @@ def execute_notebooks(out_dir: Path | None, only: list[str] | None = None) -> in
         failures += error is not None
         rows.append((path.name, seconds, status, results))
         log(f"{path.name}: {seconds:.1f} s, {status}")
-    print("\nCourse run (wall-clock seconds from a fresh kernel, this machine)")
+    from cvlab.utils import cpu_info
+
+    print(f"\nCourse run (wall-clock seconds from a fresh kernel) on {cpu_info()}")
     print(f"{'notebook':45s} {'seconds':>8s}  key result")
     for name, seconds, status, results in rows:
         shown = "; ".join(results) if status == "ok" else status
@@ -395,7 +414,7 @@ COMMANDS = {
 HIDDEN_COMMANDS = ("_execute",)  # the notebook runner, started inside the environment
 # options that only mean something with some commands
 OPTION_COMMANDS = {"headless": ("lab",), "upgrade": ("lock",), "no_regenerate": ("lock",),
-                   "in_place": ("_execute",)}
+                   "in_place": ("_execute",), "avx2": ("lab", "test", "regenerate")}
 EXTRA_COMMANDS = ("test", "regenerate", "_execute")  # (and lab with --headless)
 
 
@@ -428,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-regenerate", action="store_true",
                         help="with 'lock': when the pins change, re-install but do not regenerate "
                              "the notebooks")
+    parser.add_argument("--avx2", action="store_true",
+                        help="with 'lab', 'test', 'regenerate' or --headless: restrict PyTorch to AVX2 "
+                             "kernels (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2), to time the "
+                             "lessons as on a laptop CPU without AVX-512")
     parser.add_argument("--in-place", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("extra", nargs="*", default=[],
                         help="with 'test': extra arguments for pytest; with 'regenerate' or "
@@ -449,7 +472,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, option) and args.command not in commands:
             flag = "--" + option.replace("_", "-")
             parser.error(f"{flag} goes with {' or '.join(commands)}, not {args.command}: "
-                         f"python course.py {commands[0]} {flag}".replace("lab ", ""))
+                         f"python course.py {commands[0]} {flag}".replace("course.py lab ", "course.py "))
     if unknown and args.command != "test":
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (python course.py --help lists the options)")
     args.extra += unknown  # e.g. pytest's own options: python course.py test -k checkpoint
@@ -481,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run([str(python), __file__, "_execute", "--in-place"], cwd=ROOT).returncode
 
     python = setup(args.here)
+    if args.avx2:  # the notebooks' kernels and pytest inherit it
+        os.environ.update(avx2_env())
+        log("--avx2: PyTorch restricted to AVX2 kernels: " + " ".join(f"{k}={v}" for k, v in avx2_env().items()))
     if args.command == "setup":
         log("set-up complete")
         return 0

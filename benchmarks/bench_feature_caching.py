@@ -14,7 +14,7 @@ runs' trained weights (they compute the same thing; only floating-point rounding
 machine's timings are noisy (2-4x in a bad minute): it runs each way ``--repeats`` times. Not a
 test; it asserts nothing.
 
-Usage:  .venv/bin/python benchmarks/bench_feature_caching.py [--images 1000] [--epochs 10] [--repeats 2]
+Usage:  .venv/bin/python benchmarks/bench_feature_caching.py [--images 1000] [--epochs 10] [--repeats 2] [--avx2]
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from cvlab.pretrained import pretrained
 from cvlab.transfer import extract_features, freeze, param_groups, replace_head
 from cvlab.training import fit
 from cvlab.transforms import pretrained_transforms
-from cvlab.utils import set_seed
+from cvlab.utils import cpu_info, rerun_with_avx2_kernels, set_seed
 
 CUT, SIZE, SEED = 16, 96, 42
 
@@ -62,7 +62,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000, help="training images (default 1000)")
     parser.add_argument("--epochs", type=int, default=10, help="default 10, as lesson 05")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--avx2", action="store_true",
+                        help="time as on a CPU without AVX-512: PyTorch restricted to AVX2 kernels (cvlab.utils.AVX2_ENV)")
     args = parser.parse_args()
+    if args.avx2:
+        rerun_with_avx2_kernels()
 
     base, weights = pretrained("mobilenet_v2", verbose=False)
     base = base.to(memory_format=torch.channels_last)
@@ -70,6 +74,7 @@ def main() -> None:
     images, labels = fashion_mnist_tensors("train")
     images, labels = images[:args.images], labels[:args.images]
     x = torch.cat([preprocess(chunk) for chunk in images.split(500)])      # preprocessing is not timed
+    print(f"CPU: {cpu_info()}; torch {torch.__version__}")
     print(f"{args.images} Fashion-MNIST images at {SIZE}x{SIZE} px, {args.epochs} epochs, batch 32, "
           f"{torch.get_num_threads()} CPU threads; fine-tuning blocks {CUT}-18 + head of MobileNetV2 ({weights.name})")
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["AMP_DTYPES", "DEFAULT_SEED", "MAX_BAR_REFRESHES", "autocast_dtype", "cpu_has_bf16", "cpu_info", "get_device",
-           "key_result", "progress_bar", "set_seed", "sha256_file"]
+__all__ = ["AMP_DTYPES", "AVX2_ENV", "DEFAULT_SEED", "MAX_BAR_REFRESHES", "autocast_dtype", "avx2_env", "cpu_has_bf16", "cpu_info", "get_device",
+           "key_result", "progress_bar", "rerun_with_avx2_kernels", "set_seed", "sha256_file"]
 
 #: the one seed default of the package: every ``seed=`` argument defaults to it
 DEFAULT_SEED = 0
@@ -73,12 +73,54 @@ def get_device(prefer: str | None = None) -> torch.device:
 
 
 
+#: environment variables that restrict PyTorch to AVX2 kernels, as on a laptop CPU without
+#: AVX-512: ATen's vectorised kernels (``ATEN_CPU_CAPABILITY``) and oneDNN's convolutions and
+#: matrix products (``ONEDNN_MAX_CPU_ISA``; no AVX-512, no AMX, so no fast bfloat16). They act
+#: only when set before ``import torch``: ``python course.py --avx2 ...`` and the benchmarks'
+#: ``--avx2`` set them (with ``avx2_env``) for the processes they start.
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def avx2_env() -> dict[str, str]:
+    """``AVX2_ENV`` plus a ``torch.compile`` cache of its own (``TORCHINDUCTOR_CACHE_DIR``).
+
+    Measured with torch 2.14: a kernel that ``torch.compile`` cached in a normal run and reused
+    under ``ATEN_CPU_CAPABILITY=avx2`` returns garbage (logits of 1e31 instead of 0.1), so the
+    AVX2 mode compiles into ``<temp folder>/torchinductor_<user>_avx2``.
+    """
+    import getpass
+    import tempfile
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name (some containers)
+        user = "user"
+    return {**AVX2_ENV, "TORCHINDUCTOR_CACHE_DIR": os.path.join(tempfile.gettempdir(), f"torchinductor_{user}_avx2")}
+
+
+def rerun_with_avx2_kernels() -> None:
+    """Run this script again (same Python, same arguments) with ``avx2_env()`` set, unless it is set
+    already: a benchmark's ``--avx2`` switch. The variables act only before ``import torch``, so the
+    process is replaced (``os.execve``) and this call does not return in the first run.
+    """
+    import sys
+
+    env = avx2_env()
+    if all(os.environ.get(k) == v for k, v in env.items()):
+        return
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
+
+
 def cpu_has_bf16() -> bool:
-    """True when the CPU has bfloat16 instructions (AVX-512 BF16 or AMX), read from /proc/cpuinfo.
+    """True when the CPU has bfloat16 instructions (AVX-512 BF16 or AMX), read from /proc/cpuinfo,
+    and PyTorch may use them (not in the AVX2 mode of ``AVX2_ENV``).
 
     Only there does ``torch.autocast("cpu", dtype=torch.bfloat16)`` speed training up; elsewhere the
     conversions make it slower. Returns False where /proc/cpuinfo does not exist (Windows, macOS).
     """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == AVX2_ENV["ONEDNN_MAX_CPU_ISA"]:
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -152,7 +194,8 @@ def cpu_info() -> str:
     Returns:
         e.g. "Intel(R) Xeon(R) Processor, 2 threads, ATen AVX512" — the model name from
         /proc/cpuinfo (``platform.processor()`` elsewhere), torch's thread count and
-        ``torch.backends.cpu.get_cpu_capability()`` (which ``ATEN_CPU_CAPABILITY=avx2`` lowers).
+        ``torch.backends.cpu.get_cpu_capability()`` (which ``ATEN_CPU_CAPABILITY=avx2`` lowers),
+        and ", oneDNN max AVX2" when ``ONEDNN_MAX_CPU_ISA`` caps oneDNN (see ``AVX2_ENV``).
     """
     import platform
 
@@ -166,7 +209,8 @@ def cpu_info() -> str:
     except OSError:
         pass
     capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
-    return f"{model}, {torch.get_num_threads()} threads, ATen {capability}"
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{model}, {torch.get_num_threads()} threads, ATen {capability}" + (f", oneDNN max {isa}" if isa else "")
 
 
 #: names ``fit`` and the CLI accept for mixed precision

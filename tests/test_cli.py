@@ -263,6 +263,7 @@ def test_course_help_shows_every_command_on_one_line():
     (["test", "--headless"], "--headless goes with lab, not test: python course.py --headless"),
     (["setup", "01"], "'setup' takes no further arguments, got: 01"),
     (["lock", "--verbose"], "unrecognized arguments: --verbose"),
+    (["setup", "--avx2"], "--avx2 goes with lab or test or regenerate, not setup: python course.py --avx2"),
 ])
 def test_course_refuses_options_that_do_not_go_with_the_command(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
@@ -277,6 +278,27 @@ def test_course_command_line_that_works():
     args = course.parse_args(["test", "-k", "checkpoint", "-x"])
     assert (args.command, args.extra) == ("test", ["-k", "checkpoint", "-x"])
     assert course.parse_args(["lock", "--upgrade", "--no-regenerate"]).upgrade
+    args = course.parse_args(["--avx2", "--headless", "04"])
+    assert args.avx2 and (args.command, args.extra) == ("lab", ["04"])
+    assert course.parse_args(["regenerate", "--avx2", "05"]).avx2 and course.parse_args(["test", "--avx2"]).avx2
+
+
+def test_course_and_cvlab_agree_on_the_avx2_mode():
+    """course.py cannot import cvlab before the environment exists, so it keeps its own copy."""
+    from cvlab.utils import AVX2_ENV, avx2_env
+    assert course.avx2_env() == avx2_env() and AVX2_ENV.items() <= avx2_env().items()
+    assert avx2_env()["TORCHINDUCTOR_CACHE_DIR"].endswith("_avx2")
+
+
+def test_the_avx2_mode_reaches_torch_and_the_cpu_report():
+    """The variables act on a fresh interpreter: ATen reports AVX2, cpu_info says so, bf16 is off."""
+    from cvlab.utils import avx2_env
+    code = ("import torch; from cvlab.utils import cpu_info, cpu_has_bf16; "
+            "print(torch.backends.cpu.get_cpu_capability(), cpu_has_bf16(), cpu_info(), sep='|')")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **avx2_env()}, capture_output=True,
+                         text=True, check=True).stdout.strip().split("|")
+    assert out[0] == "AVX2" and out[1] == "False"
+    assert out[2].endswith("ATen AVX2, oneDNN max AVX2")
 
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="fake environments use POSIX shell scripts and links")

@@ -18,8 +18,9 @@ def _cells(path):
 def test_the_course_has_its_lessons():
     names = [p.stem for p in NOTEBOOKS]
     assert names[:3] == ["00_setup_and_torchvision_tour", "01_fashionmnist_baselines", "02_cnns"]
-    numbers = [n[:2] for n in names]
+    numbers = [n.split("_")[0] for n in names]  # 04 and 04b are two lessons
     assert len(set(numbers)) == len(numbers), "two notebooks share a lesson number"
+    assert all(len(n) in (2, 3) and n[:2].isdigit() for n in numbers), numbers
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -36,7 +37,8 @@ def test_committed_executed_in_order_without_errors(path):
 def test_lesson_shape(path):
     nb, cells, code = _cells(path)
     first = "".join(cells[0]["source"])
-    assert cells[0]["cell_type"] == "markdown" and re.match(rf"# {path.name[:2]} · ", first), "title '# NN · ...' first"
+    assert cells[0]["cell_type"] == "markdown" and re.match(rf"# {path.name.split('_')[0]} · ", first), \
+        "title '# NN · ...' first (NN: the file name's number, e.g. 04b)"
     assert "What you will learn" in first and "Run time:" in first
     markdown = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
     assert "## Summary" in markdown
