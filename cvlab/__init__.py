@@ -3,8 +3,9 @@
 One module per job, named after the lesson topic it serves; imports point down only:
 
     images          reading files, sample photos, format conversions   (the ground floor, with utils)
-    utils           seeding, device choice, CPU features, hashes, the lesson result line
+    utils           seeding, device choice, CPU features, progress bars, hashes, the lesson result line
     datasets        Fashion-MNIST (checked by sha256), image folders, class statistics
+    scenes          detection/segmentation scenes with exact labels from Fashion-MNIST items, COCO files
     loaders         InMemoryLoader, make_loader (the one DataLoader recipe), balanced_sampler
     transforms      transforms.v2 presets, normalisation, pretrained preprocessing
     checkpoints     atomic save / safe load of models and training states
@@ -12,7 +13,7 @@ One module per job, named after the lesson topic it serves; imports point down o
     pretrained      torchvision's pretrained classifiers, offline where cached; the model zoo
     transfer        new heads, freezing, parameter groups, feature caching
     losses          FocalLoss
-    history         History (per-epoch records), EarlyStopping, the divergence rule
+    history         History (per-epoch records), EarlyStopping, the divergence rule, TrainingDiverged/Interrupted
     schedules       learning-rate schedulers or factories (optimizer, total_steps), rebuilt for longer runs
     resume          best.pt / last.pt after each epoch, resuming with the saved optimizer and scheduler
     training        train_one_epoch, evaluate, fit
