@@ -18,6 +18,7 @@ One module per job, named after the lesson topic it serves; imports point down o
     resume          best.pt / last.pt after each epoch, resuming with the saved optimizer and scheduler
     training        train_one_epoch, evaluate, fit
     metrics         predict, accuracy, scikit-learn's confusion matrix and per-class report
+    detection       target checks, train_one_epoch / evaluate (COCO mAP) for torchvision's detectors
     experiments     train_and_evaluate, results_table: fair model comparisons
     visualization   plots that return their Figure
     interpretation  GradCAM, saliency, occlusion, randomize_layers

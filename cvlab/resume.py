@@ -13,6 +13,7 @@ from .checkpoints import (TOTAL_KEYS, CheckpointError, config_differences, load_
                           save_training_state, scheduler_config)
 from .history import History
 from .schedules import rebuild_scheduler, schedule_total
+from .utils import get_device
 
 __all__ = ["resume", "save_epoch", "save_failed"]
 
@@ -28,18 +29,19 @@ def save_epoch(directory: Path | None, model, record, improved: bool, info: dict
 
 
 def resume(path, model, optimizer, scheduler, factory, needed, epochs, scaler, stopper, train_loader, info,
-            device) -> tuple[History, int, Any]:
+            device: "torch.device | str | None" = None) -> tuple[History, int, Any]:
     """Restore a ``last.pt``; return the history so far, the next epoch and the scheduler to use.
 
     The optimizer must have the saved type and settings, the scheduler the saved type and
     settings except its length (``TOTAL_KEYS``). A scheduler built by a factory for another
     length is checked by building the factory's scheduler for the saved length (settings derived
     from the length, like a step_size of n // 3, then match too), then rebuilt for the new length
-    and advanced to the steps already done. An instance must fit ``needed``.
+    and advanced to the steps already done. An instance must fit ``needed``. ``device``: where the
+    saved tensors go (None picks CUDA, then MPS, then CPU, as ``fit`` does).
     """
     now = scheduler_config(scheduler)
     state = load_training_state(path, model, optimizer, scheduler=None, scaler=scaler, train_loader=train_loader,
-                                arch=info.get("arch"), map_location=device)
+                                arch=info.get("arch"), map_location=get_device(device))
     saved_state = state.get("scheduler")
     if "scheduler_config" in state:
         saved = state["scheduler_config"]
