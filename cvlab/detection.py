@@ -17,9 +17,10 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from .pretrained import pretrained
 from .utils import get_device, progress_bar
 
-__all__ = ["check_target", "evaluate", "train_one_epoch"]
+__all__ = ["check_target", "evaluate", "fcos_mobilenet_v2", "train_one_epoch"]
 
 
 def check_target(target: dict, image_size: tuple[int, int], num_classes: int, where: str = "the target") -> None:
@@ -196,3 +197,68 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
         aps = result["map_per_class"].flatten().tolist()
         out["ap_per_class"] = {int(c): float(a) for c, a in zip(classes, aps)}
     return out
+
+
+class _FrozenPrefixBackbone(nn.Module):
+    """``features`` with its first ``frozen`` blocks fixed (no gradients, BatchNorm kept in eval mode
+    even when the detector trains) and a 1x1 convolution to ``out_channels``."""
+
+    def __init__(self, features: nn.Sequential, frozen: int, in_channels: int, out_channels: int):
+        super().__init__()
+        self.body, self.frozen = features, frozen
+        for p in self.body[:frozen].parameters():
+            p.requires_grad_(False)
+        self.proj = nn.Conv2d(in_channels, out_channels, 1)
+        self.out_channels = out_channels
+
+    def train(self, mode: bool = True) -> "_FrozenPrefixBackbone":
+        super().train(mode)
+        self.body[:self.frozen].eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.body(x))
+
+
+def fcos_mobilenet_v2(num_classes: int, image_size: int, *, blocks: int = 7, frozen_blocks: int = 4,
+                      head_channels: int = 64, head_convs: int = 2, pretrained_backbone: bool = True):
+    """torchvision's FCOS (Tian et al., 2019, arXiv:1904.01355) on the first ``blocks`` blocks of
+    MobileNetV2 with ImageNet weights: one feature level, a small head, sized for a 2-core CPU.
+
+    Args:
+        num_classes: object classes; the model's labels are 1..num_classes (0 is the background,
+            so FCOS is built with num_classes + 1 outputs).
+        image_size: the side of the (square) input images, pixels; the model does not resize them.
+        blocks: MobileNetV2 ``features`` blocks kept: 7 gives stride 8 and 32 channels (4: stride 4).
+        frozen_blocks: the first blocks kept fixed (ImageNet's edges and textures).
+        head_channels: channels of the 1x1 projection and of the head's convolutions.
+        head_convs: 3x3 convolutions in each head branch (torchvision's default is 4).
+        pretrained_backbone: load the IMAGENET1K_V1 weights (the file the set-up places offline,
+            through ``cvlab.pretrained.pretrained``).
+
+    Returns:
+        a ``torchvision.models.detection.FCOS`` taking lists of float32 (3, image_size, image_size)
+        images in [0, 1] (ImageNet normalisation inside).
+
+    Raises:
+        ValueError: blocks not in 2..18, frozen_blocks not in 0..blocks, a size or channel count < 1.
+    """
+    from torchvision.models import mobilenet_v2
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.fcos import FCOSHead
+
+    if not 2 <= blocks <= 18 or not 0 <= frozen_blocks <= blocks:
+        raise ValueError(f"need 2 <= blocks <= 18 and 0 <= frozen_blocks <= blocks, got {blocks} and {frozen_blocks}")
+    if min(num_classes, image_size, head_channels, head_convs) < 1:
+        raise ValueError("num_classes, image_size, head_channels and head_convs must be positive")
+    net = pretrained("mobilenet_v2", "IMAGENET1K_V1", verbose=False)[0] if pretrained_backbone else mobilenet_v2()
+    features = net.features[:blocks]
+    with torch.no_grad():
+        probe = features.eval()(torch.zeros(1, 3, image_size, image_size))
+    stride = image_size // probe.shape[-1]
+    backbone = _FrozenPrefixBackbone(features, frozen_blocks, probe.shape[1], head_channels)
+    head = FCOSHead(head_channels, num_anchors=1, num_classes=num_classes + 1, num_convs=head_convs)
+    return FCOS(backbone, num_classes + 1, min_size=image_size, max_size=image_size,
+                image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+                anchor_generator=AnchorGenerator(((stride,),), ((1.0,),)), head=head)

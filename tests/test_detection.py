@@ -100,3 +100,23 @@ def test_training_names_the_bad_target_and_the_batch(batches):
                         num_classes=10)
     with pytest.raises(ValueError, match="4 images but 3 targets"):
         train_one_epoch(model, [(images, targets[:3])], torch.optim.SGD(model.parameters(), lr=0.1), "cpu")
+
+
+def test_fcos_mobilenet_v2_trains_its_head_and_keeps_the_frozen_blocks_fixed():
+    from cvlab.detection import fcos_mobilenet_v2
+    model = fcos_mobilenet_v2(10, 96, blocks=7, frozen_blocks=4)
+    assert model.head.classification_head.num_classes == 11              # 10 classes + the background
+    frozen = model.backbone.body[:4]
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert all(p.requires_grad for p in model.backbone.body[4:].parameters())
+    model.train()
+    assert not any(m.training for m in frozen.modules() if m is not frozen)  # frozen BatchNorm keeps its statistics
+    assert model.backbone.body[4].training
+    losses = model([torch.rand(3, 96, 96)], [{"boxes": torch.tensor([[10.0, 12.0, 40.0, 44.0]]),
+                                              "labels": torch.tensor([3])}])
+    assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}
+    model.eval()
+    out = model([torch.rand(3, 96, 96)])[0]
+    assert set(out) == {"boxes", "scores", "labels"}
+    with pytest.raises(ValueError, match="frozen_blocks <= blocks"):
+        fcos_mobilenet_v2(10, 96, blocks=4, frozen_blocks=5)
