@@ -149,19 +149,23 @@ def divergence_reason(loss: float, stats: dict) -> str:
     return ""
 
 
-class TrainingDiverged(FloatingPointError):
-    """``fit`` stopped because training diverged (a NaN/inf loss, or a loss that grew far above its start).
-
-    Attributes:
-        history: the ``History`` of the epochs that finished before (``history.diverged`` is True).
-    """
+class _EndedEarly:
+    """What both ways a run can end early share: the message, and the ``History`` of the finished epochs."""
 
     def __init__(self, message: str, history: History):
         super().__init__(message)
         self.history = history
 
 
-class TrainingInterrupted(KeyboardInterrupt):
+class TrainingDiverged(_EndedEarly, FloatingPointError):
+    """``fit`` stopped because training diverged (a NaN/inf loss, or a loss that grew far above its start).
+
+    Attributes:
+        history: the ``History`` of the epochs that finished before (``history.diverged`` is True).
+    """
+
+
+class TrainingInterrupted(_EndedEarly, KeyboardInterrupt):
     """``fit`` was stopped (the notebook's stop button, Ctrl-C, or a test runner's time limit) after
     saving what had finished. It is a ``KeyboardInterrupt``, so it still stops the cell or script.
 
@@ -169,7 +173,3 @@ class TrainingInterrupted(KeyboardInterrupt):
         history: the ``History`` of the epochs that finished (``history.interrupted`` is True); in
             Jupyter, right after the cell stopped, it is ``sys.last_value.history``.
     """
-
-    def __init__(self, message: str, history: History):
-        super().__init__(message)
-        self.history = history

