@@ -5,6 +5,7 @@ One module per job, named after the lesson topic it serves; imports point down o
     images          reading files, sample photos, format conversions   (the ground floor, with utils)
     utils           seeding, device choice, CPU features, progress bars, hashes, the lesson result line
     datasets        Fashion-MNIST (checked by sha256), image folders, class statistics
+    video           reading video frames and frame annotations with OpenCV, the sample video's folder
     scenes          detection/segmentation scenes with exact labels from Fashion-MNIST items, COCO files
     loaders         InMemoryLoader, make_loader (the one DataLoader recipe), balanced_sampler
     transforms      transforms.v2 presets, normalisation, pretrained preprocessing
@@ -18,13 +19,16 @@ One module per job, named after the lesson topic it serves; imports point down o
     resume          best.pt / last.pt after each epoch, resuming with the saved optimizer and scheduler
     training        train_one_epoch, evaluate, fit
     metrics         predict, accuracy, scikit-learn's confusion matrix and per-class report
-    detection       target checks, train_one_epoch / evaluate (COCO mAP) for torchvision's detectors
+    detection       target and image checks, train_one_epoch / evaluate (COCO mAP), filtering and
+                    matching detections (TP / FP / miss), confused classes
+    detectors       detector models: torchvision's COCO zoo, SSD-MobileNetV2-COCO in OpenCV, fcos_mobilenet_v2
     experiments     train_and_evaluate, results_table: fair model comparisons
     visualization   plots that return their Figure
     interpretation  GradCAM, saliency, occlusion, randomize_layers
     widgets         ipywidgets explorers whose logic is testable without a browser
     provisioning    puts data and weights in place (python course.py setup); never imported by the above
-    cli             the command line's options and their checks, run folders (python -m cvlab runs it)
+    runs            run folders of the command line: fresh, never over another run
+    cli             the command line's options and their checks (python -m cvlab runs it)
 
 The contract every public function follows:
 

@@ -17,10 +17,10 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from .pretrained import pretrained
 from .utils import get_device, progress_bar
 
-__all__ = ["check_target", "evaluate", "fcos_mobilenet_v2", "train_one_epoch"]
+__all__ = ["check_images", "check_target", "confused_classes", "evaluate", "filter_detections",
+           "match_detections", "train_one_epoch"]
 
 
 def check_target(target: dict, image_size: tuple[int, int], num_classes: int, where: str = "the target") -> None:
@@ -79,6 +79,129 @@ def check_target(target: dict, image_size: tuple[int, int], num_classes: int, wh
                              "one mask per box, at the image's size")
 
 
+def check_images(images: Sequence[torch.Tensor], where: str = "the batch") -> None:
+    """Check a list of images for a detection model: float (3, H, W) tensors, all of one size.
+
+    torchvision's detection transform would pad mixed sizes to one batch; cvlab's detectors are
+    built for one input size (``fcos_mobilenet_v2(image_size=...)``) and a mixed batch is nearly
+    always a pipeline mistake (a resize left out of one branch).
+
+    Raises:
+        ValueError: an image that is not a float (3, H, W) tensor (the message says how to convert
+            uint8 images), or images of different sizes (the message lists the sizes and the fix).
+    """
+    sizes = []
+    for i, img in enumerate(images):
+        if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] != 3 or not img.is_floating_point():
+            got = f"{img.dtype} {tuple(img.shape)}" if isinstance(img, torch.Tensor) else type(img).__name__
+            raise ValueError(f"image {i} of {where} must be a float (3, H, W) tensor in [0, 1], got {got}: convert uint8 "
+                             "images with transforms.v2.ToDtype(torch.float32, scale=True)")
+        sizes.append(tuple(img.shape[-2:]))
+    if len(set(sizes)) > 1:
+        raise ValueError(f"{where} mixes image sizes {sorted(set(sizes))} (H, W): make every image one size, e.g. "
+                         "transforms.v2.Resize((H, W)) in every split's transforms, which resizes the boxes too")
+
+
+def filter_detections(prediction: dict, score_threshold: float = 0.5,
+                      iou_threshold: float | None = None) -> dict[str, torch.Tensor]:
+    """Keep the detections scoring at least ``score_threshold``, then (optionally) apply
+    class-wise NMS at ``iou_threshold`` with ``torchvision.ops.batched_nms``.
+
+    Args:
+        prediction: ``boxes`` (N, 4) XYXY pixels, ``scores`` (N,) in [0, 1], ``labels`` (N,);
+            other keys of length N (e.g. ``masks``) are filtered alike.
+        score_threshold: in [0, 1].
+        iou_threshold: in [0, 1]; of two same-class boxes overlapping more than this, the
+            lower-scoring one is dropped. None: no NMS (detectors already apply their own).
+
+    Returns:
+        a dict with the same keys, the kept detections in descending score order.
+
+    Raises:
+        ValueError: a threshold outside [0, 1], or keys of different lengths.
+    """
+    from torchvision.ops import batched_nms
+
+    for name, t in (("score_threshold", score_threshold), ("iou_threshold", iou_threshold)):
+        if t is not None and not 0.0 <= t <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {t}")
+    n = len(prediction["scores"])
+    if any(isinstance(v, torch.Tensor) and len(v) != n for v in prediction.values()):
+        raise ValueError(f"every entry of a prediction needs one row per detection ({n} scores): got "
+                         f"{ {k: len(v) for k, v in prediction.items()} }")
+    keep = torch.nonzero(prediction["scores"] >= score_threshold).flatten()
+    keep = keep[prediction["scores"][keep].argsort(descending=True)]
+    if iou_threshold is not None and len(keep):
+        kept = batched_nms(prediction["boxes"][keep].float(), prediction["scores"][keep].float(),
+                           prediction["labels"][keep], iou_threshold)
+        keep = keep[kept]
+    return {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in prediction.items()}
+
+
+def match_detections(prediction: dict, target: dict, iou_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Match detections to ground-truth boxes as COCO's evaluation does: in descending score
+    order, each detection takes the unmatched true box of its class it overlaps most, if that
+    IoU (``torchvision.ops.box_iou``) is at least ``iou_threshold``.
+
+    Args:
+        prediction: ``boxes`` (N, 4) XYXY pixels, ``scores`` (N,), ``labels`` (N,).
+        target: ``boxes`` (K, 4) XYXY pixels, ``labels`` (K,).
+        iou_threshold: in (0, 1].
+
+    Returns:
+        ``(true_positive, matched)``: bool (N,) in the prediction's order (False: a false
+        positive) and bool (K,) (False: a miss).
+
+    Raises:
+        ValueError: iou_threshold outside (0, 1].
+    """
+    from torchvision.ops import box_iou
+
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    boxes = prediction["boxes"].as_subclass(torch.Tensor).float()
+    gt = target["boxes"].as_subclass(torch.Tensor).float()
+    true_positive = torch.zeros(len(boxes), dtype=torch.bool)
+    matched = torch.zeros(len(gt), dtype=torch.bool)
+    if len(boxes) == 0 or len(gt) == 0:
+        return true_positive, matched
+    iou = box_iou(boxes, gt)
+    iou[prediction["labels"].view(-1, 1) != target["labels"].view(1, -1)] = -1.0
+    for i in prediction["scores"].argsort(descending=True).tolist():
+        candidates = iou[i].masked_fill(matched, -1.0)
+        j = int(candidates.argmax())
+        if candidates[j] >= iou_threshold:
+            true_positive[i], matched[j] = True, True
+    return true_positive, matched
+
+
+def confused_classes(predictions: Sequence[dict], targets: Sequence[dict], iou_threshold: float = 0.5,
+                     score_threshold: float = 0.5) -> dict[tuple[int, int], int]:
+    """Count detections that found an object but named the wrong class.
+
+    A detection (score >= ``score_threshold``) that is not a true positive but overlaps a true
+    box of another class with IoU >= ``iou_threshold`` counts as (true label, predicted label).
+
+    Returns:
+        {(true label, predicted label): count}, most frequent first.
+    """
+    from torchvision.ops import box_iou
+
+    counts: dict[tuple[int, int], int] = {}
+    for pred, tgt in zip(predictions, targets):
+        pred = filter_detections(pred, score_threshold)
+        true_positive, _ = match_detections(pred, tgt, iou_threshold)
+        if len(pred["boxes"]) == 0 or len(tgt["boxes"]) == 0:
+            continue
+        iou = box_iou(pred["boxes"].float(), tgt["boxes"].as_subclass(torch.Tensor).float())
+        for i in torch.nonzero(~true_positive).flatten().tolist():
+            j = int(iou[i].argmax())
+            if iou[i, j] >= iou_threshold and int(tgt["labels"][j]) != int(pred["labels"][i]):
+                key = (int(tgt["labels"][j]), int(pred["labels"][i]))
+                counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def _to_device(images: Sequence[torch.Tensor], targets: Sequence[dict], device: torch.device):
     images = [img.to(device) for img in images]
     targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
@@ -107,7 +230,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         ``bbox_ctrness`` for FCOS) and their sum as ``loss``, floats; the model's mode is restored.
 
     Raises:
-        ValueError: a bad target (see ``check_target``), images and targets of different counts,
+        ValueError: a bad target (see ``check_target``) or image (``check_images``: not float
+            (3, H, W), mixed sizes), images and targets of different counts,
             no batches.
         FloatingPointError: the loss became NaN or infinite (lower the learning rate or clip).
     """
@@ -121,6 +245,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             if len(images) != len(targets):
                 raise ValueError(f"a batch has {len(images)} images but {len(targets)} targets: give one target "
                                  "per image (an image without objects gets empty boxes and labels)")
+            check_images(images, where=f"batch {batches + 1}")
             if num_classes is not None:
                 for i, (img, tgt) in enumerate(zip(images, targets)):
                     check_target(tgt, tuple(img.shape[-2:]), num_classes, where=f"target {i} of batch {batches + 1}")
@@ -170,7 +295,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
         is restored.
 
     Raises:
-        ValueError: no batches.
+        ValueError: an image that is not float (3, H, W) or mixed sizes in a batch
+            (``check_images``), or no batches.
     """
     from torchmetrics.detection import MeanAveragePrecision
 
@@ -181,6 +307,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
     batches = 0
     try:
         for images, targets in progress_bar(loader, desc="evaluate", enabled=progress):
+            check_images(images, where=f"batch {batches + 1}")
             outputs = model([img.to(device) for img in images])
             metric.update([{k: v.cpu() for k, v in out.items()} for out in outputs],
                           [{"boxes": t["boxes"].as_subclass(torch.Tensor).cpu().float(),
@@ -197,68 +324,3 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
         aps = result["map_per_class"].flatten().tolist()
         out["ap_per_class"] = {int(c): float(a) for c, a in zip(classes, aps)}
     return out
-
-
-class _FrozenPrefixBackbone(nn.Module):
-    """``features`` with its first ``frozen`` blocks fixed (no gradients, BatchNorm kept in eval mode
-    even when the detector trains) and a 1x1 convolution to ``out_channels``."""
-
-    def __init__(self, features: nn.Sequential, frozen: int, in_channels: int, out_channels: int):
-        super().__init__()
-        self.body, self.frozen = features, frozen
-        for p in self.body[:frozen].parameters():
-            p.requires_grad_(False)
-        self.proj = nn.Conv2d(in_channels, out_channels, 1)
-        self.out_channels = out_channels
-
-    def train(self, mode: bool = True) -> "_FrozenPrefixBackbone":
-        super().train(mode)
-        self.body[:self.frozen].eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.body(x))
-
-
-def fcos_mobilenet_v2(num_classes: int, image_size: int, *, blocks: int = 7, frozen_blocks: int = 4,
-                      head_channels: int = 64, head_convs: int = 2, pretrained_backbone: bool = True):
-    """torchvision's FCOS (Tian et al., 2019, arXiv:1904.01355) on the first ``blocks`` blocks of
-    MobileNetV2 with ImageNet weights: one feature level, a small head, sized for a 2-core CPU.
-
-    Args:
-        num_classes: object classes; the model's labels are 1..num_classes (0 is the background,
-            so FCOS is built with num_classes + 1 outputs).
-        image_size: the side of the (square) input images, pixels; the model does not resize them.
-        blocks: MobileNetV2 ``features`` blocks kept: 7 gives stride 8 and 32 channels (4: stride 4).
-        frozen_blocks: the first blocks kept fixed (ImageNet's edges and textures).
-        head_channels: channels of the 1x1 projection and of the head's convolutions.
-        head_convs: 3x3 convolutions in each head branch (torchvision's default is 4).
-        pretrained_backbone: load the IMAGENET1K_V1 weights (the file the set-up places offline,
-            through ``cvlab.pretrained.pretrained``).
-
-    Returns:
-        a ``torchvision.models.detection.FCOS`` taking lists of float32 (3, image_size, image_size)
-        images in [0, 1] (ImageNet normalisation inside).
-
-    Raises:
-        ValueError: blocks not in 2..18, frozen_blocks not in 0..blocks, a size or channel count < 1.
-    """
-    from torchvision.models import mobilenet_v2
-    from torchvision.models.detection import FCOS
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.fcos import FCOSHead
-
-    if not 2 <= blocks <= 18 or not 0 <= frozen_blocks <= blocks:
-        raise ValueError(f"need 2 <= blocks <= 18 and 0 <= frozen_blocks <= blocks, got {blocks} and {frozen_blocks}")
-    if min(num_classes, image_size, head_channels, head_convs) < 1:
-        raise ValueError("num_classes, image_size, head_channels and head_convs must be positive")
-    net = pretrained("mobilenet_v2", "IMAGENET1K_V1", verbose=False)[0] if pretrained_backbone else mobilenet_v2()
-    features = net.features[:blocks]
-    with torch.no_grad():
-        probe = features.eval()(torch.zeros(1, 3, image_size, image_size))
-    stride = image_size // probe.shape[-1]
-    backbone = _FrozenPrefixBackbone(features, frozen_blocks, probe.shape[1], head_channels)
-    head = FCOSHead(head_channels, num_anchors=1, num_classes=num_classes + 1, num_convs=head_convs)
-    return FCOS(backbone, num_classes + 1, min_size=image_size, max_size=image_size,
-                image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-                anchor_generator=AnchorGenerator(((stride,),), ((1.0,),)), head=head)

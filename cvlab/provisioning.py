@@ -21,10 +21,12 @@ from torchvision import datasets as tv_datasets
 from .datasets import (FASHION_MNIST_SHA256, SETUP_COMMAND, DatasetNotFoundError, data_root,
                        verify_fashion_mnist)
 from .pretrained import PretrainedWeightsError
+from .detectors import coco_detector_dir
+from .video import opencv_samples_dir
 from .utils import sha256_file
 
 __all__ = ["COCO_DETECTOR", "COCO_DETECTOR_PIP", "DEBIAN_MIRROR", "OPENCV_SAMPLES", "OPENCV_SAMPLES_DIR", "OFFLINE_WEIGHTS", "OFFLINE_WEIGHTS_PIP",
-           "coco_detector_dir", "opencv_samples_dir", "prepare_coco_detector", "prepare_fashion_mnist",
+           "prepare_coco_detector", "prepare_fashion_mnist",
            "prepare_opencv_samples", "prepare_pretrained_weights", "setup"]
 
 #: Debian's package ``dataset-fashion-mnist`` installs the gzipped files here.
@@ -212,11 +214,6 @@ def prepare_pretrained_weights(verbose: bool = True) -> list[Path]:
                            print if verbose else (lambda *a, **k: None))
 
 
-def coco_detector_dir(root: str | os.PathLike | None = None) -> Path:
-    """Where ``prepare_coco_detector`` puts the SSD-MobileNetV2-COCO files: ``<data root>/models/ssd_mobilenet_v2_coco``."""
-    return data_root(root) / "models" / "ssd_mobilenet_v2_coco"
-
-
 def prepare_coco_detector(root: str | os.PathLike | None = None, verbose: bool = True) -> list[Path]:
     """Place the two files of ``COCO_DETECTOR`` in ``coco_detector_dir(root)``, checked by sha256.
 
@@ -228,12 +225,7 @@ def prepare_coco_detector(root: str | os.PathLike | None = None, verbose: bool =
         PretrainedWeightsError: the package's own copy has the wrong sha256.
     """
     return _place_packaged(COCO_DETECTOR, coco_detector_dir(root), COCO_DETECTOR_PIP, "COCO detector",
-                           "lesson 06 then runs without it", print if verbose else (lambda *a, **k: None))
-
-
-def opencv_samples_dir(root: str | os.PathLike | None = None) -> Path:
-    """Where ``prepare_opencv_samples`` puts OpenCV's sample files: ``<data root>/opencv_samples``."""
-    return data_root(root) / "opencv_samples"
+                           "lessons 06 and 09 need it", print if verbose else (lambda *a, **k: None))
 
 
 def prepare_opencv_samples(root: str | os.PathLike | None = None, *, mirror: str | os.PathLike | None = None,

@@ -34,7 +34,7 @@ from .datasets import FASHION_MNIST_CLASSES, fashion_mnist_tensors
 from .utils import DEFAULT_SEED
 
 __all__ = ["ITEM_THRESHOLD", "SCENE_CLASSES", "collate_detection", "fashion_mnist_scenes", "make_scene",
-           "make_scenes", "read_coco", "write_coco"]
+           "make_scenes", "read_coco", "scene_loader", "write_coco"]
 
 #: uint8 brightness above which a pixel of a resized item belongs to the item (its mask)
 ITEM_THRESHOLD = 10
@@ -272,16 +272,18 @@ def read_coco(root: str | os.PathLike, transforms: Any = None,
         raise FileNotFoundError(f"{root / 'annotations.json'} does not exist: write the scenes first with "
                                 "cvlab.scenes.write_coco(root, scenes)")
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "loading annotations into memory..."
-        dataset = CocoDetection(str(root / "images"), str(root / "annotations.json"), transforms=transforms)
-    return _WithEmptyTargets(wrap_dataset_for_transforms_v2(dataset, target_keys=tuple(target_keys)), target_keys)
+        dataset = CocoDetection(str(root / "images"), str(root / "annotations.json"))
+    return _WithEmptyTargets(wrap_dataset_for_transforms_v2(dataset, target_keys=tuple(target_keys)), target_keys,
+                             transforms)
 
 
 class _WithEmptyTargets(torch.utils.data.Dataset):
     """torchvision's wrapper gives a scene without annotations only ``image_id``; this adds empty
-    ``boxes`` (0, 4), ``labels`` (0,) and ``masks`` (0, H, W), so empty scenes train like others."""
+    ``boxes`` (0, 4), ``labels`` (0,) and ``masks`` (0, H, W), so empty scenes train like others,
+    then applies the transforms (which may need the labels, e.g. ``SanitizeBoundingBoxes``)."""
 
-    def __init__(self, dataset, target_keys: Sequence[str]):
-        self.dataset, self.target_keys = dataset, tuple(target_keys)
+    def __init__(self, dataset, target_keys: Sequence[str], transforms: Any = None):
+        self.dataset, self.target_keys, self.transforms = dataset, tuple(target_keys), transforms
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -295,7 +297,10 @@ class _WithEmptyTargets(torch.utils.data.Dataset):
                 target["labels"] = torch.zeros(0, dtype=torch.int64)
             if "masks" in self.target_keys:
                 target["masks"] = tv_tensors.Mask(torch.zeros(0, h, w, dtype=torch.uint8))
-        return image, target
+            for key, dtype in (("area", torch.float32), ("iscrowd", torch.int64)):
+                if key in self.target_keys:
+                    target[key] = torch.zeros(0, dtype=dtype)
+        return self.transforms(image, target) if self.transforms is not None else (image, target)
 
 
 def collate_detection(batch: Sequence[tuple[Any, dict]]) -> tuple[tuple, tuple]:
@@ -305,3 +310,45 @@ def collate_detection(batch: Sequence[tuple[Any, dict]]) -> tuple[tuple, tuple]:
     if not batch:
         raise ValueError("an empty batch")
     return tuple(zip(*batch))  # type: ignore[return-value]
+
+
+class _FloatRGBScenes(torch.utils.data.Dataset):
+    """In-memory scenes as detection models take them: float32 RGB (3, H, W) in [0, 1], boxes and labels."""
+
+    def __init__(self, scenes: Sequence[tuple[torch.Tensor, dict]]):
+        self.scenes = scenes
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int):
+        image, target = self.scenes[index]
+        image = image.as_subclass(torch.Tensor)
+        return (image.expand(3, -1, -1) if image.shape[0] == 1 else image).float().div(255), \
+            {"boxes": target["boxes"], "labels": target["labels"]}
+
+
+def scene_loader(scenes: Sequence[tuple[torch.Tensor, dict]], batch_size: int = 16, *, shuffle: bool = False,
+                 seed: int = DEFAULT_SEED) -> torch.utils.data.DataLoader:
+    """A ``DataLoader`` over in-memory scenes (``make_scenes``) for a detection model.
+
+    Args:
+        scenes: ``(image, target)`` pairs, images uint8 (1 or 3, H, W).
+        batch_size: scenes per batch.
+        shuffle: a new order every epoch, drawn from a generator seeded with ``seed``; the
+            global random state is never touched (the loader's per-epoch seed comes from that
+            generator too, shuffled or not).
+
+    Returns:
+        a loader yielding ``(images, targets)`` tuples (``collate_detection``): images float32
+        RGB (3, H, W) in [0, 1] (gray scenes repeated to three channels), targets dicts with
+        ``boxes`` (XYXY pixels) and ``labels`` (1..10).
+
+    Raises:
+        ValueError: no scenes, or batch_size < 1.
+    """
+    if len(scenes) == 0 or batch_size < 1:
+        raise ValueError(f"need at least one scene and batch_size >= 1, got {len(scenes)} scenes, batch {batch_size}")
+    generator = torch.Generator().manual_seed(seed)  # also unshuffled: a DataLoader draws a seed per epoch
+    return torch.utils.data.DataLoader(_FloatRGBScenes(scenes), batch_size=batch_size, shuffle=shuffle,
+                                       generator=generator, collate_fn=collate_detection)

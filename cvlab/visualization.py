@@ -15,10 +15,14 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from .detection import filter_detections, match_detections
 from .images import images_to_numpy
 
-__all__ = ["overlay_heatmap", "plot_confusion_matrix", "plot_heatmaps", "plot_history",
-           "plot_model_comparison", "plot_predictions", "show_images"]
+__all__ = ["draw_detections", "overlay_heatmap", "plot_confusion_matrix", "plot_detections", "plot_heatmaps",
+           "plot_history", "plot_model_comparison", "plot_predictions", "show_images"]
+
+#: colours of lesson 06's detection figures
+TP_COLOR, FP_COLOR, MISS_COLOR = "lime", "red", "orange"
 
 
 def _grid(n: int, ncols: int, size: float) -> tuple[Figure, np.ndarray]:
@@ -272,4 +276,98 @@ def plot_heatmaps(image, heatmaps: dict, *, alpha: float = 0.5, cmap: str = "jet
     fig.colorbar(mappable, ax=list(axes), fraction=0.02, pad=0.01, label=colorbar_label)
     if title:
         fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def draw_detections(image, boxes, labels=None, class_names: Sequence[str] | None = None, scores=None, *,
+                    colors="lime", width: int = 2, font_size: int | None = None) -> torch.Tensor:
+    """Boxes drawn on an image with ``torchvision.utils.draw_bounding_boxes``, captioned
+    "name score" when labels (and scores) are given.
+
+    Args:
+        image: one image (C, H, W) or (H, W), uint8 [0, 255] or float [0, 1]; gray is drawn as RGB.
+        boxes: (N, 4) XYXY pixels.
+        labels: (N,) class ids, named through ``class_names`` when given.
+        scores: (N,) in [0, 1], shown with two decimals.
+        colors: one colour for all boxes, or one per box (names or RGB tuples).
+        width: line width, pixels.
+        font_size: caption size, pixels (None: torchvision's default font).
+
+    Returns:
+        uint8 (3, H, W), the image with the boxes.
+
+    Raises:
+        as ``images_to_numpy``; ValueError if labels or scores do not match the boxes in number.
+    """
+    from torchvision.utils import draw_bounding_boxes
+
+    arr = images_to_numpy(image)[0]
+    img = torch.from_numpy((arr * 255).round().astype(np.uint8)).permute(2, 0, 1)
+    if img.shape[0] == 1:
+        img = img.repeat(3, 1, 1)
+    boxes = torch.as_tensor(boxes).as_subclass(torch.Tensor).float().reshape(-1, 4)
+    for name, seq in (("labels", labels), ("scores", scores)):
+        if seq is not None and len(seq) != len(boxes):
+            raise ValueError(f"{len(boxes)} boxes but {len(seq)} {name}: give one per box")
+    if len(boxes) == 0:  # nothing to draw (torchvision would warn)
+        return img
+    captions = None
+    if labels is not None:
+        names = [class_names[int(c)] if class_names is not None else str(int(c)) for c in labels]
+        captions = [f"{n} {float(s):.2f}" for n, s in zip(names, scores)] if scores is not None else names
+    font = None
+    if font_size:  # torchvision needs a TrueType file for sized captions: matplotlib's own DejaVu Sans
+        from matplotlib import font_manager
+        font = font_manager.findfont("DejaVu Sans")
+    return draw_bounding_boxes(img, boxes, labels=captions, colors=colors, width=width, font_size=font_size, font=font)
+
+
+def plot_detections(images, predictions: Sequence[dict] | None = None, targets: Sequence[dict] | None = None,
+                    class_names: Sequence[str] | None = None, *, score_threshold: float = 0.5,
+                    iou_threshold: float = 0.5, ncols: int = 4, title: str | None = None,
+                    size: float = 2.5) -> Figure:
+    """A grid of images with their detections and true boxes.
+
+    With predictions and targets, each detection scoring at least ``score_threshold`` is matched
+    to the true boxes as COCO does (``cvlab.detection.match_detections``): true positives are
+    green, false positives red, and true boxes no detection found (misses) orange; each title
+    counts them. With only one of the two, its boxes are drawn in green.
+
+    Args:
+        images: (N, C, H, W) or a list of (C, H, W), uint8 or float in [0, 1].
+        predictions: per image ``boxes`` (XYXY pixels), ``scores``, ``labels``.
+        targets: per image ``boxes`` and ``labels``.
+        class_names: names indexed by label (captions on predictions).
+        score_threshold: detections below it are not drawn, in [0, 1].
+        iou_threshold: the IoU a detection needs with a true box of its class to count as found.
+        ncols, title, size: grid columns, figure title, inches per image.
+
+    Raises:
+        ValueError: predictions or targets not one per image.
+    """
+    n = len(images)
+    for name, seq in (("predictions", predictions), ("targets", targets)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{n} images but {len(seq)} {name}: give one per image")
+    fig, axes = _grid(n, ncols, size)
+    for i, ax in enumerate(axes.flat[:n]):
+        pred = filter_detections(predictions[i], score_threshold) if predictions is not None else None
+        tgt = targets[i] if targets is not None else None
+        if pred is not None and tgt is not None:
+            true_positive, matched = match_detections(pred, tgt, iou_threshold)
+            boxes = torch.cat([pred["boxes"].float(), tgt["boxes"].as_subclass(torch.Tensor).float()[~matched]])
+            colors = [TP_COLOR if t else FP_COLOR for t in true_positive.tolist()] + [MISS_COLOR] * int((~matched).sum())
+            labels = torch.cat([pred["labels"], tgt["labels"][~matched]])
+            ax.set_title(f"{int(true_positive.sum())} TP · {int((~true_positive).sum())} FP · "
+                         f"{int((~matched).sum())} missed", fontsize=8)
+        else:
+            shown = pred if pred is not None else tgt
+            boxes, labels = shown["boxes"].as_subclass(torch.Tensor).float(), shown["labels"]
+            colors = TP_COLOR
+        drawn = draw_detections(images[i], boxes, labels if class_names is not None else None, class_names,
+                                colors=colors, width=1)
+        ax.imshow(drawn.permute(1, 2, 0).numpy())
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return fig

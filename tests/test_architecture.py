@@ -9,9 +9,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "cvlab"
 
 #: bottom -> top: a module may import modules before it in this list, never one after it
-LAYERS = ["utils", "images", "datasets", "scenes", "transforms", "checkpoints", "losses", "history", "models", "loaders",
-          "pretrained", "transfer", "schedules", "resume", "training", "metrics", "detection", "experiments", "visualization", "interpretation",
-          "widgets", "provisioning", "cli", "__main__"]
+LAYERS = ["utils", "images", "datasets", "video", "scenes", "transforms", "checkpoints", "losses", "history", "models", "loaders",
+          "pretrained", "transfer", "schedules", "resume", "training", "metrics", "detection", "detectors", "experiments", "visualization", "interpretation",
+          "widgets", "provisioning", "runs", "cli", "__main__"]
 MAX_LINES = 400
 
 

@@ -6,7 +6,8 @@ from torch import nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-from cvlab.detection import check_target, evaluate, train_one_epoch
+from cvlab.detection import (check_images, check_target, confused_classes, evaluate, filter_detections,
+                             match_detections, train_one_epoch)
 from cvlab.scenes import collate_detection, make_scenes
 
 
@@ -102,21 +103,63 @@ def test_training_names_the_bad_target_and_the_batch(batches):
         train_one_epoch(model, [(images, targets[:3])], torch.optim.SGD(model.parameters(), lr=0.1), "cpu")
 
 
-def test_fcos_mobilenet_v2_trains_its_head_and_keeps_the_frozen_blocks_fixed():
-    from cvlab.detection import fcos_mobilenet_v2
-    model = fcos_mobilenet_v2(10, 96, blocks=7, frozen_blocks=4)
-    assert model.head.classification_head.num_classes == 11              # 10 classes + the background
-    frozen = model.backbone.body[:4]
-    assert not any(p.requires_grad for p in frozen.parameters())
-    assert all(p.requires_grad for p in model.backbone.body[4:].parameters())
-    model.train()
-    assert not any(m.training for m in frozen.modules() if m is not frozen)  # frozen BatchNorm keeps its statistics
-    assert model.backbone.body[4].training
-    losses = model([torch.rand(3, 96, 96)], [{"boxes": torch.tensor([[10.0, 12.0, 40.0, 44.0]]),
-                                              "labels": torch.tensor([3])}])
-    assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}
-    model.eval()
-    out = model([torch.rand(3, 96, 96)])[0]
-    assert set(out) == {"boxes", "scores", "labels"}
-    with pytest.raises(ValueError, match="frozen_blocks <= blocks"):
-        fcos_mobilenet_v2(10, 96, blocks=4, frozen_blocks=5)
+def test_images_of_mixed_sizes_or_uint8_are_named_with_the_fix(batches):
+    with pytest.raises(ValueError, match=r"mixes image sizes \[\(64, 64\), \(80, 80\)\].*Resize"):
+        check_images([torch.rand(3, 64, 64), torch.rand(3, 80, 80)])
+    with pytest.raises(ValueError, match=r"image 1 of the batch must be a float \(3, H, W\).*ToDtype"):
+        check_images([torch.rand(3, 64, 64), torch.zeros(3, 64, 64, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="must be a float"):
+        check_images([torch.rand(64, 64)])
+    images, targets = batches[0]
+    mixed = (images[0], torch.rand(3, 80, 80), *images[2:])
+    model = _tiny_fcos()
+    with pytest.raises(ValueError, match="batch 1 mixes image sizes"):
+        train_one_epoch(model, [(mixed, targets)], torch.optim.SGD(model.parameters(), lr=0.1), "cpu")
+    with pytest.raises(ValueError, match="batch 1 mixes image sizes"):
+        evaluate(model, [(mixed, targets)], "cpu")
+
+
+def _prediction(boxes, scores, labels):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32), "scores": torch.tensor(scores),
+            "labels": torch.tensor(labels)}
+
+
+def test_filter_detections_thresholds_scores_then_suppresses_per_class():
+    pred = _prediction([[0, 0, 10, 10], [1, 0, 11, 10], [1, 0, 11, 10], [50, 50, 60, 60]],
+                       [0.9, 0.8, 0.7, 0.3], [1, 1, 2, 1])
+    assert filter_detections(pred, 0.5)["scores"].tolist() == pytest.approx([0.9, 0.8, 0.7])
+    kept = filter_detections(pred, 0.0, iou_threshold=0.5)
+    assert kept["labels"].tolist() == [1, 2, 1]                  # box 1 (IoU 0.82 with box 0, same class) suppressed
+    assert kept["scores"].tolist() == pytest.approx([0.9, 0.7, 0.3])
+    assert len(filter_detections(pred, 0.0, iou_threshold=0.9)["boxes"]) == 4
+    assert len(filter_detections(pred, 0.95)["boxes"]) == 0
+    with pytest.raises(ValueError, match=r"score_threshold must be in \[0, 1\]"):
+        filter_detections(pred, 1.5)
+    with pytest.raises(ValueError, match="one row per detection"):
+        filter_detections({**pred, "labels": torch.tensor([1])}, 0.5)
+
+
+def test_match_detections_follows_cocos_rule():
+    target = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]),
+              "labels": torch.tensor([1, 1, 2])}
+    pred = _prediction([[0, 0, 10, 10], [0, 0, 10, 9], [20, 20, 30, 30], [40, 40, 50, 50], [70, 70, 80, 80]],
+                       [0.6, 0.9, 0.8, 0.7, 0.5], [1, 1, 1, 3, 1])
+    true_positive, matched = match_detections(pred, target)
+    # the 0.9 detection takes box 0 first, so the 0.6 duplicate is a false positive; class 3 on a class-2 box
+    # is a false positive and leaves that box missed; the last detection overlaps nothing
+    assert true_positive.tolist() == [False, True, True, False, False]
+    assert matched.tolist() == [True, True, False]
+    shifted = _prediction([[0, 5, 10, 15]], [0.9], [1])                   # IoU 1/3
+    assert match_detections(shifted, target)[0].tolist() == [False]
+    assert match_detections(shifted, target, iou_threshold=0.3)[0].tolist() == [True]
+    empty = _prediction(torch.zeros(0, 4).tolist(), [], [])
+    assert match_detections(empty, target)[1].tolist() == [False, False, False]
+    with pytest.raises(ValueError, match=r"iou_threshold must be in \(0, 1\]"):
+        match_detections(pred, target, iou_threshold=0)
+
+
+def test_confused_classes_counts_right_place_wrong_class():
+    target = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), "labels": torch.tensor([7, 1])}
+    pred = _prediction([[0, 0, 10, 10], [20, 20, 30, 30], [60, 60, 70, 70]], [0.9, 0.8, 0.9], [1, 1, 7])
+    assert confused_classes([pred, pred], [target, target]) == {(7, 1): 2}
+    assert confused_classes([pred], [target], score_threshold=0.95) == {}

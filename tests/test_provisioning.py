@@ -48,7 +48,8 @@ def test_the_placed_coco_detector_is_checked_and_finds_chelsea_the_cat(tmp_path,
     import cv2
     import skimage
 
-    from cvlab.provisioning import COCO_DETECTOR, coco_detector_dir, prepare_coco_detector
+    from cvlab.detectors import coco_detector_dir
+    from cvlab.provisioning import COCO_DETECTOR, prepare_coco_detector
     placed = prepare_coco_detector(tmp_path)
     assert sorted(p.name for p in placed) == sorted(COCO_DETECTOR) and placed[0].parent == coco_detector_dir(tmp_path)
     assert "placed frozen_inference_graph.pb" in capsys.readouterr().out
@@ -64,8 +65,9 @@ def test_the_placed_coco_detector_is_checked_and_finds_chelsea_the_cat(tmp_path,
 
 def test_a_corrupt_detector_file_is_replaced_and_a_corrupt_package_named(tmp_path, monkeypatch):
     from cvlab import provisioning
+    from cvlab.detectors import coco_detector_dir
     from cvlab.pretrained import PretrainedWeightsError
-    target = provisioning.coco_detector_dir(tmp_path)
+    target = coco_detector_dir(tmp_path)
     target.mkdir(parents=True)
     (target / "ssd_mobilenet_v2_coco_2018_03_29.pbtxt").write_text("truncated")
     placed = provisioning.prepare_coco_detector(tmp_path, verbose=False)
@@ -90,7 +92,8 @@ def test_without_the_package_the_detector_step_says_how_to_get_it(tmp_path, monk
 def test_opencv_samples_are_placed_checked_and_readable(tmp_path, capsys):
     import cv2
 
-    from cvlab.provisioning import OPENCV_SAMPLES, opencv_samples_dir, prepare_opencv_samples
+    from cvlab.provisioning import OPENCV_SAMPLES, prepare_opencv_samples
+    from cvlab.video import opencv_samples_dir
     placed = prepare_opencv_samples(tmp_path, allow_apt=False)
     assert len(placed) == len(OPENCV_SAMPLES), "the set-up installs opencv-doc: run python course.py setup"
     assert "4 of 4 files in place" in capsys.readouterr().out

@@ -9,7 +9,7 @@ from torchvision.ops import box_iou, masks_to_boxes
 from torchvision.transforms import v2
 
 from cvlab.scenes import (ITEM_THRESHOLD, SCENE_CLASSES, collate_detection, fashion_mnist_scenes, make_scene,
-                          make_scenes, read_coco, write_coco)
+                          make_scenes, read_coco, scene_loader, write_coco)
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,35 @@ def test_bad_input_is_named(bad, message):
 def test_read_coco_without_annotations_says_how(tmp_path):
     with pytest.raises(FileNotFoundError, match="write_coco"):
         read_coco(tmp_path)
+
+
+def test_scene_loader_gives_float_rgb_batches_and_a_seeded_order():
+    scenes = make_scenes(torch.full((6, 28, 28), 200, dtype=torch.uint8), torch.arange(6), 10, seed=0, size=48,
+                         min_items=0, max_items=2, scale=(12, 20))
+    state = torch.get_rng_state()
+    images, targets = next(iter(scene_loader(scenes, batch_size=4)))
+    assert len(images) == 4 and images[0].shape == (3, 48, 48) and images[0].dtype == torch.float32
+    assert 0.0 <= images[0].min() and images[0].max() <= 1.0
+    assert torch.equal(images[0][0], images[0][2]) and set(targets[0]) == {"boxes", "labels"}
+    order = lambda seed: [t["boxes"].sum().item() for _, ts in scene_loader(scenes, 2, shuffle=True, seed=seed) for t in ts]
+    assert order(3) == order(3) and sorted(order(3)) == sorted(order(4))
+    assert torch.equal(state, torch.get_rng_state()), "the global random state is not touched"
+    with pytest.raises(ValueError, match="at least one scene"):
+        scene_loader([], 4)
+
+
+def test_empty_scenes_read_back_with_empty_area_and_iscrowd(tmp_path):
+    scenes = make_scenes(torch.full((4, 28, 28), 200, dtype=torch.uint8), torch.arange(4), 4, seed=0, size=48,
+                         min_items=0, max_items=0)
+    write_coco(tmp_path, scenes)
+    _, target = read_coco(tmp_path, target_keys=("image_id", "boxes", "labels", "area", "iscrowd"))[0]
+    assert target["boxes"].shape == (0, 4) and target["area"].shape == (0,) and target["iscrowd"].shape == (0,)
+
+
+def test_transforms_that_need_labels_work_on_empty_scenes(tmp_path):
+    scenes = make_scenes(torch.full((4, 28, 28), 200, dtype=torch.uint8), torch.arange(4), 3, seed=0, size=48,
+                         min_items=0, max_items=0)
+    write_coco(tmp_path, scenes)
+    pipeline = v2.Compose([v2.ToImage(), v2.RandomHorizontalFlip(1.0), v2.SanitizeBoundingBoxes()])
+    image, target = read_coco(tmp_path, transforms=pipeline)[0]
+    assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,) and image.shape == (3, 48, 48)

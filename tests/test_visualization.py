@@ -97,3 +97,34 @@ def test_overlay_heatmap_blends_and_checks():
     assert isinstance(fig, Figure) and len(fig.axes) == 4  # image, two overlays, colour bar
     with pytest.raises(ValueError, match="at least one"):
         plot_heatmaps(image, {})
+
+
+def test_draw_detections_returns_rgb_uint8_with_the_boxes():
+    gray = torch.zeros(1, 40, 60, dtype=torch.uint8)
+    drawn = V.draw_detections(gray, torch.tensor([[5.0, 5.0, 30.0, 20.0]]), torch.tensor([2]), ["bg", "a", "b"],
+                              torch.tensor([0.9]), colors="red")
+    assert drawn.shape == (3, 40, 60) and drawn.dtype == torch.uint8
+    assert drawn[:, 5, 10].tolist() == [255, 0, 0] and drawn[:, 30, 50].tolist() == [0, 0, 0]
+    sized = V.draw_detections(torch.rand(3, 40, 60), torch.tensor([[5.0, 5.0, 30.0, 20.0]]), torch.tensor([1]),
+                              ["bg", "a"], font_size=10)
+    assert sized.shape == (3, 40, 60)
+    with pytest.raises(ValueError, match="1 boxes but 2 labels"):
+        V.draw_detections(gray, torch.tensor([[5.0, 5.0, 30.0, 20.0]]), torch.tensor([1, 2]))
+
+
+def test_plot_detections_counts_true_positives_false_positives_and_misses():
+    target = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), "labels": torch.tensor([1, 2])}
+    pred = {"boxes": torch.tensor([[0.0, 0, 10, 10], [40, 40, 50, 50], [20, 20, 30, 30]]),
+            "scores": torch.tensor([0.9, 0.8, 0.1]), "labels": torch.tensor([1, 1, 2])}
+    fig = V.plot_detections(torch.zeros(2, 1, 64, 64), [pred, pred], [target, target], ["bg", "a", "b"])
+    assert isinstance(fig, Figure)
+    assert fig.axes[0].get_title() == "1 TP · 1 FP · 1 missed"        # the 0.1 detection is below the threshold
+    only_targets = V.plot_detections(torch.zeros(1, 1, 64, 64), targets=[target])
+    assert only_targets.axes[0].get_title() == ""
+    with pytest.raises(ValueError, match="2 images but 1 predictions"):
+        V.plot_detections(torch.zeros(2, 1, 64, 64), [pred])
+
+
+def test_draw_detections_without_boxes_returns_the_image_quietly(recwarn):
+    drawn = V.draw_detections(torch.full((1, 8, 8), 255, dtype=torch.uint8), torch.zeros(0, 4))
+    assert drawn.shape == (3, 8, 8) and int(drawn.min()) == 255 and len(recwarn) == 0

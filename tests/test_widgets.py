@@ -158,3 +158,24 @@ def test_cam_explorer_widget_wiring(cam_explorer):
     image.value = "coffee"
     assert target.options[0][0].startswith("espresso") and target.value == target.options[0][1]
     layer.value = "features.14"  # redraws without error
+
+
+def test_detection_explorer_keeps_fewer_boxes_as_the_thresholds_tighten():
+    from cvlab.widgets import DetectionExplorer
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(40, 2, generator=g) * 60
+    raw = {"boxes": torch.cat([xy, xy + 10 + torch.rand(40, 2, generator=g) * 20], 1),
+           "scores": torch.rand(40, generator=g), "labels": torch.randint(1, 3, (40,), generator=g)}
+    explorer = DetectionExplorer(torch.rand(3, 96, 96), raw, ["bg", "a", "b"])
+    counts = [[len(explorer.kept(s, i)["boxes"]) for i in (0.2, 0.5, 1.0)] for s in (0.0, 0.5, 0.9)]
+    assert counts[0][2] == 40                                          # no threshold, no suppression
+    assert all(a <= b for row in counts for a, b in zip(row, row[1:]))  # a looser NMS keeps more
+    assert all(a >= b for a, b in zip(counts[0], counts[1])) and all(a >= b for a, b in zip(counts[1], counts[2]))
+    fig = explorer.figure(0.5, 0.5)
+    assert isinstance(fig, Figure) and fig.axes[0].get_title().startswith(f"{counts[1][1]} of 40 boxes kept")
+    with pytest.raises(ValueError, match=r"score_threshold must be in \[0, 1\]"):
+        explorer.kept(2.0, 0.5)
+    with pytest.raises(TypeError, match="dict with tensors"):
+        DetectionExplorer(torch.rand(3, 9, 9), [raw], ["bg"])
+    with pytest.raises(ValueError, match="one score and one label per box"):
+        DetectionExplorer(torch.rand(3, 9, 9), {**raw, "labels": raw["labels"][:3]}, ["bg"])
