@@ -3,6 +3,7 @@
     python -m cvlab setup                      place Fashion-MNIST and the offline ImageNet weights (course.py runs it)
     python -m cvlab train [options]            train a model on Fashion-MNIST or an image folder
     python -m cvlab train --help               every option, explained
+    python -m cvlab train-detector [options]   train lesson 06's detector (FCOS-MobileNetV2) on Fashion-MNIST scenes
 
 ``train`` is the lessons' training loop as a script, as torchvision's reference
 ``train.py`` is for theirs: it prints a progress bar per epoch and a final report, writes
@@ -23,7 +24,9 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import (EXIT_FAILED, EXIT_INTERRUPTED, _BadArgument, _check_batch_size, _check_resume_fits, _check_train_args, _dataset_name, _folder_problem, _output_dir, build_parser)
+from .cli import (EXIT_FAILED, EXIT_INTERRUPTED, _BadArgument, _check_batch_size, _check_resume_fits, _check_train_args,
+                  _output_dir, build_parser, check_detector_args)
+from .runs import dataset_name, folder_problem
 
 
 def _loaders(args):
@@ -57,7 +60,7 @@ def _loaders(args):
         if train_ds.classes != val_ds.classes:
             raise _BadArgument("--data-dir", f"train/ and val/ hold different classes: {train_ds.classes} vs "
                                              f"{val_ds.classes}; give both the same class folders")
-        names, dataset = list(train_ds.classes), _dataset_name(args.data_dir)
+        names, dataset = list(train_ds.classes), dataset_name(args.data_dir)
         if args.train_limit is not None and args.train_limit > len(train_ds):
             raise _BadArgument("--train-limit", f"{args.data_dir / 'train'} has {len(train_ds):,} images, "
                                                 f"got {args.train_limit}: use at most {len(train_ds)} (or leave "
@@ -197,6 +200,76 @@ def _train(args, model, optimizer, scheduler, step, device, train_loader, val_lo
 
 
 
+def train_detector_command(args) -> int:
+    """Run ``cvlab train-detector``: lesson 06's recipe (FCOS-MobileNetV2, AdamW one-cycle, scenes of
+    Fashion-MNIST items); COCO mAP on the test scenes after every epoch, ``last.pt`` every epoch,
+    ``best.pt`` at the best mAP@0.5, ``history.json``. Returns the exit status.
+
+    Raises:
+        _BadArgument: a command-line value that cannot work here (``main`` turns it into exit 2).
+    """
+    import time
+
+    import torch
+
+    from . import utils
+    from .checkpoints import save_checkpoint
+    from .datasets import CorruptDatasetError, DatasetNotFoundError
+    from .detection import evaluate, train_one_epoch
+    from .detectors import fcos_mobilenet_v2
+    from .scenes import SCENE_CLASSES, fashion_mnist_scenes, scene_loader
+
+    check_detector_args(args)
+    size = args.image_size
+    scene = dict(size=size, max_items=3, scale=(size // 4, size // 2))
+    try:
+        train = fashion_mnist_scenes("train", args.train_scenes, seed=args.seed, min_items=1, **scene)
+        test = fashion_mnist_scenes("test", args.test_scenes, seed=args.seed + 1, min_items=0, **scene)
+    except (DatasetNotFoundError, CorruptDatasetError) as exc:
+        print(f"cvlab train-detector: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_FAILED
+    utils.set_seed(args.seed)
+    kwargs = {"num_classes": 10, "image_size": size, "frozen_blocks": args.frozen_blocks}
+    model = fcos_mobilenet_v2(**kwargs)
+    train_loader = scene_loader(train, args.batch_size, shuffle=True, seed=args.seed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * len(train_loader))
+    device = utils.get_device(args.device)
+    out, verb = _output_dir(args, "fcos_mobilenet_v2", "scenes")
+    print(f"cvlab train-detector: {verb} {out}\ncvlab train-detector: {len(train):,} training and {len(test):,} test "
+          f"scenes of {size}x{size} px, {args.epochs} epoch(s) on {device}", flush=True)
+    records, ended, t0 = [], "finished", time.perf_counter()
+    info = dict(arch="fcos_mobilenet_v2", model_kwargs=kwargs, class_names=list(SCENE_CLASSES))
+    try:
+        for epoch in range(1, args.epochs + 1):
+            losses = train_one_epoch(model, train_loader, optimizer, device, scheduler=scheduler, max_grad_norm=10.0,
+                                     num_classes=10, progress=not args.no_progress)
+            result = evaluate(model, scene_loader(test, 50), device, class_metrics=False)
+            records.append({"epoch": epoch, **losses, **result, "seconds": round(time.perf_counter() - t0, 1)})
+            save_checkpoint(out / "last.pt", model, metrics=result, epoch=epoch, **info)
+            if result["map_50"] >= max(r["map_50"] for r in records):
+                save_checkpoint(out / "best.pt", model, metrics=result, epoch=epoch, **info)
+            print(f"epoch {epoch}: loss {losses['loss']:.3f}, mAP@0.5 {result['map_50']:.3f}, "
+                  f"mAP@[.5:.95] {result['map']:.3f} ({records[-1]['seconds']:.0f} s)", flush=True)
+    except KeyboardInterrupt:
+        ended = "interrupted"
+    except FloatingPointError as exc:
+        ended = f"diverged: {exc}"
+    (out / "history.json").write_text(json.dumps({"records": records, "ended": ended, "args": {
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}, indent=1))
+    if ended == "interrupted":
+        print(f"\ncvlab train-detector: interrupted after {len(records)} epoch(s); history.json and best.pt keep "
+              "them", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if ended != "finished":
+        print(f"cvlab train-detector: {ended}", file=sys.stderr)
+        return EXIT_FAILED
+    best = max(records, key=lambda r: r["map_50"])
+    print(f"best epoch {best['epoch']}: mAP@0.5 {best['map_50']:.3f}, mAP@[.5:.95] {best['map']:.3f}\n"
+          f"saved {out / 'best.pt'}, {out / 'last.pt'} and {out / 'history.json'}")
+    return 0
+
+
 def setup_command(args) -> int:
     """Run ``cvlab setup``; returns the exit status."""
     from .datasets import CorruptDatasetError, DatasetNotFoundError
@@ -204,7 +277,7 @@ def setup_command(args) -> int:
     from .provisioning import setup
 
     if args.root is not None:
-        problem = _folder_problem(args.root)
+        problem = folder_problem(args.root)
         if problem:
             raise _BadArgument("--root", problem)
     try:
@@ -226,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = setup_command if args.command == "setup" else train_command
+    command = {"setup": setup_command, "train": train_command, "train-detector": train_detector_command}[args.command]
     try:
         return command(args)
     except _BadArgument as exc:

@@ -7,11 +7,11 @@ valid and where a run writes.
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import os
 from pathlib import Path
 
+from .runs import RUN_FILES, dataset_name, folder_problem, new_run_dir, same_folder
 from .utils import DEFAULT_SEED
 
 MODEL_CHOICES = ("LinearModel", "MLP", "TinyVGG", "CompactCNN")
@@ -21,22 +21,25 @@ MIN_IMAGE_SIZE = {"LinearModel": 1, "MLP": 1, "TinyVGG": 4, "CompactCNN": 8}
 
 FASHION_MNIST_TRAIN_SIZE = 60_000
 
-#: the files a run writes; an --output-dir holding one of them holds a run
-RUN_FILES = ("best.pt", "last.pt", "history.json")
 
 # Upper limits: far above anything useful, low enough to catch a typo (an extra zero, a missing minus sign)
 
-MAX_EPOCHS = 10_000
+MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_WEIGHT_DECAY, MAX_NUM_WORKERS, MAX_GRAD_NORM, MAX_SCENES = 10_000, 1024, 1.0, 64, 1e6, 100_000
 
-MAX_IMAGE_SIZE = 1024
-
-MAX_WEIGHT_DECAY = 1.0
-
-MAX_NUM_WORKERS = 64
-
-MAX_GRAD_NORM = 1e6
+#: the smallest scene side train-detector takes, pixels
+MIN_SCENE_SIZE = 64
 
 EXIT_FAILED, EXIT_BAD_ARGUMENTS, EXIT_INTERRUPTED = 1, 2, 130
+
+DETECTOR_EPILOG = """\
+writes:
+  best.pt (the epoch with the best mAP@0.5), last.pt and history.json (per epoch: the mean of each
+  loss, mAP@[.5:.95], mAP@0.5, mAP@0.75, seconds) to a fresh run folder, printed first.
+
+exit status: 0 done, 1 the run failed (Fashion-MNIST not set up, the loss diverged),
+  2 a bad command line (one line names the option), 130 interrupted (history.json keeps the
+  finished epochs, best.pt the best of them)
+"""
 
 TRAIN_EPILOG = f"""\
 runs:
@@ -160,8 +163,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random seed")
     r.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: $CVLAB_DEVICE, else the best available)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.cvlab_subparsers = {"setup": p_setup, "train": t}
+    parser.cvlab_subparsers = {"setup": p_setup, "train": t, "train-detector": _detector_parser(sub)}
     return parser
+
+
+def _detector_parser(sub) -> argparse.ArgumentParser:
+    """``train-detector``: lesson 06's FCOS-MobileNetV2 on Fashion-MNIST scenes, as a script."""
+    d = sub.add_parser("train-detector", formatter_class=_Formatter, epilog=DETECTOR_EPILOG,
+                       help="train lesson 06's detector (FCOS on MobileNetV2) on scenes of Fashion-MNIST items",
+                       usage="cvlab train-detector [options]   (python -m cvlab train-detector --help lists them)",
+                       description="Train torchvision's FCOS on MobileNetV2 (cvlab.detectors.fcos_mobilenet_v2) on "
+                                   "scenes of\nFashion-MNIST items (cvlab.scenes), evaluate COCO mAP on test "
+                                   "scenes every epoch,\nsave the best checkpoint by mAP@0.5.")
+    d.add_argument("--train-scenes", type=_number(int, low=0, high=MAX_SCENES), default=3000,
+                   help=f"training scenes, made from Fashion-MNIST's training items (at most {MAX_SCENES:,})")
+    d.add_argument("--test-scenes", type=_number(int, low=0, high=MAX_SCENES), default=500,
+                   help="test scenes, made from its test items; about a quarter of them empty")
+    d.add_argument("--image-size", type=_number(int, low=0, high=MAX_IMAGE_SIZE), default=96,
+                   help=f"scene side in pixels, at least {MIN_SCENE_SIZE}; items take a quarter to half of it")
+    d.add_argument("--epochs", type=_number(int, low=0, high=MAX_EPOCHS), default=4, help="number of epochs")
+    d.add_argument("--batch-size", type=_number(int, low=0), default=16,
+                   help="scenes per batch (at most --train-scenes)")
+    d.add_argument("--lr", type=_number(float, low=0, hint=" (e.g. 2e-3)"), default=2e-3,
+                   help="peak learning rate of AdamW's one-cycle schedule")
+    d.add_argument("--frozen-blocks", type=_number(int, low=0, low_ok=True, high=7), default=4,
+                   help="MobileNetV2 blocks kept fixed, 0..7")
+    d.add_argument("--output-dir", type=Path, help="where best.pt, last.pt and history.json go (default: a fresh "
+                   "<data root>/runs/fcos_mobilenet_v2-scenes-<date>-<time>)")
+    d.add_argument("--overwrite", action="store_true", help="let --output-dir replace the run already in it")
+    d.add_argument("--seed", type=_number(int, low=0, low_ok=True, high=2**32 - 1), default=DEFAULT_SEED)
+    d.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: $CVLAB_DEVICE, else the best available)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return d
+
+
+def check_detector_args(args) -> None:
+    """Every check of ``train-detector``'s arguments; raises ``_BadArgument`` (exit status 2)."""
+    args.resume = None
+    if args.device is not None:
+        _check_device(args.device, "--device")
+    if args.image_size < MIN_SCENE_SIZE:
+        raise _BadArgument("--image-size", f"scenes need at least {MIN_SCENE_SIZE} pixels (MobileNetV2's stride 8 and "
+                                           f"items of at least 16 px), got {args.image_size}")
+    if args.batch_size > args.train_scenes:
+        raise _BadArgument("--batch-size", f"{args.batch_size} is larger than --train-scenes {args.train_scenes}: "
+                                           "use a smaller batch or more scenes")
+    if args.output_dir is not None:
+        _check_output_dir(args)
 
 
 class _BadArgument(Exception):
@@ -169,21 +217,6 @@ class _BadArgument(Exception):
 
     def __init__(self, option: str, message: str):
         super().__init__(f"argument {option}: {message}")
-
-
-def _folder_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be (made and) written as a folder, or None."""
-    if path.exists() and not path.is_dir():
-        return f"{path} is a file, not a folder: pick a folder name (it is made if missing)"
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, so {path} cannot be made in it: pick a folder elsewhere"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return (f"cannot write in {existing} (no write permission): pick a folder you can write to, "
-                f"e.g. under {Path.home()}")
-    return None
 
 
 def _available_devices() -> list[str]:
@@ -263,21 +296,14 @@ def _read_resume(path: Path, model: str) -> tuple[Path, dict]:
     return path, ckpt
 
 
-def _same_folder(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
-
-
 def _check_output_dir(args) -> None:
     """--output-dir (when given) can be written and holds no other run (unless --overwrite or --resume from it)."""
     out = args.output_dir
-    problem = _folder_problem(out)
+    problem = folder_problem(out)
     if problem:
         raise _BadArgument("--output-dir", problem)
     held = [n for n in RUN_FILES if (out / n).exists()]
-    resuming_here = args.resume is not None and _same_folder(args.resume.parent, out)
+    resuming_here = args.resume is not None and same_folder(args.resume.parent, out)
     if resuming_here and args.overwrite:
         raise _BadArgument("--overwrite", f"it would delete {args.resume}, which --resume continues from: "
                                           "drop --overwrite to continue that run, or --resume to replace it")
@@ -315,13 +341,13 @@ def _check_train_args(args) -> dict | None:
     if args.output_dir is not None:
         _check_output_dir(args)
     elif args.resume is not None:
-        problem = _folder_problem(args.resume.parent)
+        problem = folder_problem(args.resume.parent)
         if problem:
             raise _BadArgument("--resume", f"cannot continue the run in its folder: {problem}")
     else:
         from .datasets import data_root
         runs = data_root() / "runs"
-        problem = _folder_problem(runs)
+        problem = folder_problem(runs)
         if problem:
             raise _BadArgument("--output-dir", f"the default run folder {runs} cannot be used: {problem}; "
                                                "or pass --output-dir")
@@ -347,41 +373,16 @@ def _check_resume_fits(ckpt: dict, path: Path, kwargs: dict, class_names: list[s
                                        f"data has {class_names}: pass that run's --data-dir, or start a new run")
 
 
-def _dataset_name(data_dir: Path | None) -> str:
-    if data_dir is None:
-        return "fashion-mnist"
-    name = data_dir.resolve().name or "images"
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
-
-
-def new_run_dir(root: Path, model: str, dataset: str, now: datetime.datetime | None = None) -> Path:
-    """Make and return a fresh ``root/<model>-<dataset>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` ... if taken).
-
-    The folder is created here (``mkdir`` without ``exist_ok``), so two runs started in the same
-    second, even at the same time, get two folders.
-    """
-    stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
-    root.mkdir(parents=True, exist_ok=True)
-    base = root / f"{model}-{dataset}-{stamp}"
-    for i in range(1, 10_000):
-        candidate = base if i == 1 else base.with_name(f"{base.name}-{i}")
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return candidate
-    raise FileExistsError(f"{root} already holds 10,000 runs named {base.name}-*: clean it up")
-
-
-def _output_dir(args) -> tuple[Path, str]:
-    """The folder this run writes to, made if needed, and how to describe it."""
+def _output_dir(args, model: str | None = None, dataset: str | None = None) -> tuple[Path, str]:
+    """The folder this run writes to, made if needed, and how to describe it (a fresh run folder is
+    named after ``model`` and ``dataset``, by default ``--model`` and ``--data-dir``)."""
     from .datasets import data_root
 
     if args.output_dir is not None:
         out = args.output_dir
         held = [n for n in RUN_FILES if (out / n).exists()]
         out.mkdir(parents=True, exist_ok=True)
-        if args.resume is not None and _same_folder(args.resume.parent, out):
+        if args.resume is not None and same_folder(args.resume.parent, out):
             return out, "continuing the run in"
         if held and args.overwrite:
             for n in held:
@@ -390,4 +391,4 @@ def _output_dir(args) -> tuple[Path, str]:
         return out, "writing to"
     if args.resume is not None:
         return args.resume.parent, "continuing the run in"
-    return new_run_dir(data_root() / "runs", args.model, _dataset_name(args.data_dir)), "writing to"
+    return new_run_dir(data_root() / "runs", model or args.model, dataset or dataset_name(args.data_dir)), "writing to"

@@ -16,7 +16,7 @@ import torch
 
 from cvlab import provisioning
 from cvlab.__main__ import main
-from cvlab.cli import new_run_dir
+from cvlab.runs import new_run_dir
 from cvlab.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_SHA256, fashion_mnist_tensors, write_image_folder
 from cvlab.models import load_model
 
@@ -401,3 +401,53 @@ def test_a_huge_learning_rate_stops_with_a_divergence_message_and_exit_1(tmp_pat
     err = capsys.readouterr().err
     assert code == 1
     assert "Training stopped" in err and "Learning rate" in err and "lower learning rate" in err
+
+
+def test_train_detector_end_to_end_with_checkpoints_and_history(tmp_path, capsys, fmnist_root):
+    out = tmp_path / "det"
+    args = ["train-detector", "--train-scenes", "48", "--test-scenes", "16", "--image-size", "64", "--epochs", "2",
+            "--batch-size", "16", "--output-dir", str(out), "--no-progress", "--device", "cpu"]
+    assert run(args) == 0
+    report = capsys.readouterr().out
+    assert report.splitlines()[0] == f"cvlab train-detector: writing to {out}" and "best epoch" in report
+    assert {p.name for p in out.iterdir()} == {"best.pt", "last.pt", "history.json"}
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["ended"] == "finished" and [r["epoch"] for r in hist["records"]] == [1, 2]
+    assert all(0 <= r["map_50"] <= 1 and r["loss"] > 0 for r in hist["records"])
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    from cvlab.detectors import fcos_mobilenet_v2
+    model = fcos_mobilenet_v2(**ckpt["model_kwargs"], pretrained_backbone=False)
+    model.load_state_dict(ckpt["state_dict"])
+    assert ckpt["class_names"][1] == "T-shirt/top" and ckpt["metrics"]["map_50"] == max(r["map_50"] for r in hist["records"])
+    assert run(args) == 2                                     # that folder holds a run now
+    assert "already holds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--image-size", "32"], "--image-size: scenes need at least 64 pixels"),
+    (["--batch-size", "64", "--train-scenes", "32"], "--batch-size: 64 is larger than --train-scenes 32"),
+    (["--lr", "nan"], "--lr"),
+    (["--frozen-blocks", "9"], "--frozen-blocks"),
+])
+def test_train_detector_refuses_bad_options(extra, message, capsys, tmp_path):
+    assert run(["train-detector", "--output-dir", str(tmp_path / "x"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_train_detector_interrupted_keeps_the_finished_epochs(tmp_path, capsys, monkeypatch, fmnist_root):
+    from cvlab import detection
+    real, calls = detection.train_one_epoch, []
+
+    def stop_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(detection, "train_one_epoch", stop_in_epoch_2)
+    out = tmp_path / "det"
+    assert run(["train-detector", "--train-scenes", "32", "--test-scenes", "8", "--image-size", "64", "--epochs", "3",
+                "--output-dir", str(out), "--no-progress", "--device", "cpu"]) == 130
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["ended"] == "interrupted" and [r["epoch"] for r in hist["records"]] == [1]
+    assert (out / "best.pt").is_file() and "interrupted after 1 epoch(s)" in capsys.readouterr().err
