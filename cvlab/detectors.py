@@ -22,6 +22,7 @@ from torch import nn
 
 from .datasets import data_root
 from .pretrained import pretrained
+from .transfer import FrozenPrefix
 from .video import opencv_samples_dir
 
 __all__ = ["OpenCVDetector", "coco_detector_dir", "coco_names", "detection_zoo", "fcos_mobilenet_v2",
@@ -182,22 +183,13 @@ class OpenCVDetector:
         return self.detect(image, score_threshold)
 
 
-class _FrozenPrefixBackbone(nn.Module):
-    """``features`` with its first ``frozen`` blocks fixed (no gradients, BatchNorm kept in eval mode
-    even when the detector trains) and a 1x1 convolution to ``out_channels``."""
+class _ProjectedBackbone(nn.Module):
+    """Pretrained blocks (``FrozenPrefix``) and a 1x1 convolution to ``out_channels``, the
+    attribute torchvision's detection classes read."""
 
-    def __init__(self, features: nn.Sequential, frozen: int, in_channels: int, out_channels: int):
+    def __init__(self, body: FrozenPrefix, in_channels: int, out_channels: int):
         super().__init__()
-        self.body, self.frozen = features, frozen
-        for p in self.body[:frozen].parameters():
-            p.requires_grad_(False)
-        self.proj = nn.Conv2d(in_channels, out_channels, 1)
-        self.out_channels = out_channels
-
-    def train(self, mode: bool = True) -> "_FrozenPrefixBackbone":
-        super().train(mode)
-        self.body[:self.frozen].eval()
-        return self
+        self.body, self.proj, self.out_channels = body, nn.Conv2d(in_channels, out_channels, 1), out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.body(x))
@@ -233,7 +225,8 @@ def mobilenet_v2_backbone(image_size: int, *, blocks: int = 7, frozen_blocks: in
     features = net.features[:blocks]
     with torch.no_grad():
         probe = features.eval()(torch.zeros(1, 3, image_size, image_size))
-    return _FrozenPrefixBackbone(features, frozen_blocks, probe.shape[1], out_channels), image_size // probe.shape[-1]
+    body = FrozenPrefix(features, frozen_blocks)
+    return _ProjectedBackbone(body, probe.shape[1], out_channels), image_size // probe.shape[-1]
 
 
 def fcos_mobilenet_v2(num_classes: int, image_size: int, *, blocks: int = 7, frozen_blocks: int = 4,

@@ -12,7 +12,7 @@ from torch import nn
 from .models import find_layer
 from .utils import get_device, progress_bar
 
-__all__ = ["extract_features", "freeze", "param_groups", "replace_head", "unfreeze"]
+__all__ = ["FrozenPrefix", "extract_features", "freeze", "param_groups", "replace_head", "unfreeze"]
 
 
 
@@ -76,6 +76,37 @@ def freeze(*modules: nn.Module) -> int:
     """
     return _set_requires_grad(modules, False)
 
+
+
+class FrozenPrefix(nn.Sequential):
+    """A ``nn.Sequential`` of pretrained blocks whose first ``frozen`` blocks stay fixed: no
+    gradients, and their BatchNorm layers stay in eval mode (running statistics unchanged) even
+    when the whole model is put in train mode, which ``freeze`` alone does not do.
+
+    Args:
+        blocks: the blocks, e.g. ``mobilenet_v2(...).features[:7]``.
+        frozen: how many of the first blocks to fix, 0..len(blocks).
+
+    Raises:
+        ValueError: frozen outside 0..len(blocks).
+    """
+
+    def __init__(self, blocks: nn.Sequential, frozen: int):
+        if not 0 <= frozen <= len(blocks):
+            raise ValueError(f"frozen must be in 0..{len(blocks)} (the number of blocks), got {frozen}")
+        super().__init__(*blocks)
+        self.frozen = frozen
+        freeze(*list(self)[:frozen])
+
+    def __getitem__(self, idx):
+        """A block, or a plain ``nn.Sequential`` of the blocks in a slice (sharing them)."""
+        return nn.Sequential(*list(self)[idx]) if isinstance(idx, slice) else super().__getitem__(idx)
+
+    def train(self, mode: bool = True) -> "FrozenPrefix":
+        super().train(mode)
+        for block in list(self)[:self.frozen]:
+            block.eval()
+        return self
 
 
 def unfreeze(*modules: nn.Module) -> int:

@@ -22,7 +22,8 @@ MODULES = sorted({p.stem for p in (Path(__file__).resolve().parents[1] / "cvlab"
                   if p.stem not in ("__init__", "__main__", "cli")} | {"widgets"})
 #: names two modules share on purpose: the same step for another task, named as torchvision's
 #: reference scripts name it (references/classification and references/detection)
-SHARED_NAMES = {"train_one_epoch": ["training", "detection"], "evaluate": ["training", "detection"]}
+SHARED_NAMES = {"train_one_epoch": ["training", "detection", "segmentation"],
+                "evaluate": ["training", "detection", "segmentation"]}
 
 
 def test_the_lessons_names_are_at_the_top_level():

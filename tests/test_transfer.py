@@ -127,3 +127,17 @@ def test_extract_features_bad_data():
         extract_features(nn.Identity(), [], progress=False)
     with pytest.raises(ValueError, match=r"\(images, labels\) pairs"):
         extract_features(nn.Identity(), [torch.zeros(2, 3)], progress=False)
+
+
+def test_frozen_prefix_keeps_its_first_blocks_fixed_in_train_mode():
+    from cvlab.transfer import FrozenPrefix
+    blocks = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    body = FrozenPrefix(blocks, 2)
+    body.train()
+    assert not body[1].training and body[3].training
+    assert not any(p.requires_grad for p in body[:2].parameters()) and all(p.requires_grad for p in body[2:].parameters())
+    before = body[1].running_mean.clone()
+    body(torch.rand(2, 3, 9, 9))
+    assert torch.equal(before, body[1].running_mean)              # frozen BatchNorm statistics do not move
+    with pytest.raises(ValueError, match="frozen must be in 0..4"):
+        FrozenPrefix(blocks, 5)
