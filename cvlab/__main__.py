@@ -231,7 +231,7 @@ def train_detector_command(args) -> int:
     utils.set_seed(args.seed)
     kwargs = {"num_classes": 10, "image_size": size, "frozen_blocks": args.frozen_blocks}
     model = fcos_mobilenet_v2(**kwargs)
-    train_loader = scene_loader(train, args.batch_size, shuffle=True, seed=args.seed)
+    train_loader, test_loader = scene_loader(train, args.batch_size, shuffle=True, seed=args.seed), scene_loader(test, 50)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * len(train_loader))
     device = utils.get_device(args.device)
@@ -244,7 +244,7 @@ def train_detector_command(args) -> int:
         for epoch in range(1, args.epochs + 1):
             losses = train_one_epoch(model, train_loader, optimizer, device, scheduler=scheduler, max_grad_norm=10.0,
                                      num_classes=10, progress=not args.no_progress)
-            result = evaluate(model, scene_loader(test, 50), device, class_metrics=False)
+            result = evaluate(model, test_loader, device, class_metrics=False)
             records.append({"epoch": epoch, **losses, **result, "seconds": round(time.perf_counter() - t0, 1)})
             save_checkpoint(out / "last.pt", model, metrics=result, epoch=epoch, **info)
             if result["map_50"] >= max(r["map_50"] for r in records):

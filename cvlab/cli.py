@@ -194,12 +194,12 @@ def _detector_parser(sub) -> argparse.ArgumentParser:
     d.add_argument("--seed", type=_number(int, low=0, low_ok=True, high=2**32 - 1), default=DEFAULT_SEED)
     d.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: $CVLAB_DEVICE, else the best available)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(resume=None)  # the run-folder checks shared with train read it
     return d
 
 
 def check_detector_args(args) -> None:
     """Every check of ``train-detector``'s arguments; raises ``_BadArgument`` (exit status 2)."""
-    args.resume = None
     if args.device is not None:
         _check_device(args.device, "--device")
     if args.image_size < MIN_SCENE_SIZE:

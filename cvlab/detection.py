@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from .utils import get_device, progress_bar
+from .utils import get_device, model_mode, progress_bar
 
 __all__ = ["check_images", "check_target", "confused_classes", "evaluate", "filter_detections",
            "match_detections", "train_one_epoch"]
@@ -236,11 +236,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         FloatingPointError: the loss became NaN or infinite (lower the learning rate or clip).
     """
     device = get_device(device)
-    was_training = model.training
-    model.to(device).train()
     sums: dict[str, float] = {}
     batches = 0
-    try:
+    with model_mode(model.to(device), True):
         for images, targets in progress_bar(loader, desc="train", enabled=progress):
             if len(images) != len(targets):
                 raise ValueError(f"a batch has {len(images)} images but {len(targets)} targets: give one target "
@@ -268,8 +266,6 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             sums["loss"] = sums.get("loss", 0.0) + loss_value
             batches += 1
-    finally:
-        model.train(was_training)
     if batches == 0:
         raise ValueError("the loader yielded no batches")
     return {k: v / batches for k, v in sums.items()}
@@ -301,11 +297,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
     from torchmetrics.detection import MeanAveragePrecision
 
     device = get_device(device)
-    was_training = model.training
-    model.to(device).eval()
     metric = MeanAveragePrecision(iou_type="bbox", class_metrics=class_metrics)
     batches = 0
-    try:
+    with model_mode(model.to(device), False):
         for images, targets in progress_bar(loader, desc="evaluate", enabled=progress):
             check_images(images, where=f"batch {batches + 1}")
             outputs = model([img.to(device) for img in images])
@@ -313,8 +307,6 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
                           [{"boxes": t["boxes"].as_subclass(torch.Tensor).cpu().float(),
                             "labels": t["labels"].cpu()} for t in targets])
             batches += 1
-    finally:
-        model.train(was_training)
     if batches == 0:
         raise ValueError("the loader yielded no batches")
     result = metric.compute()

@@ -19,12 +19,11 @@ targets)``), which the tests check this implementation against.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
 from .models import find_layer
+from .utils import model_mode
 
 __all__ = ["GradCAM", "occlusion", "randomize_layers", "saliency"]
 
@@ -110,17 +109,6 @@ def _targets(targets, logits: torch.Tensor) -> torch.Tensor:
     if int(t.min()) < 0 or int(t.max()) >= logits.shape[1]:
         raise ValueError(f"target classes must be in [0, {logits.shape[1] - 1}], got {t.tolist()}")
     return t
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """Eval mode for the block (BatchNorm and dropout as at inference), then the mode it was in."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _scale01(maps: torch.Tensor) -> torch.Tensor:
@@ -215,7 +203,7 @@ class GradCAM:
             raise RuntimeError("this GradCAM's hooks were removed; make a new one")
         x = images.detach().clone().requires_grad_(True)  # a full backward hook needs a graph to the input
         self.activations = self.gradients = None
-        with torch.enable_grad(), _eval_mode(self.model):
+        with torch.enable_grad(), model_mode(self.model, False):
             try:
                 logits = self.model(x)
             except RuntimeError as exc:
@@ -264,7 +252,7 @@ def saliency(model: nn.Module, images: torch.Tensor, targets=None) -> torch.Tens
     _check_images(images)
     _check_gradients_on("saliency")
     x = images.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), _eval_mode(model):
+    with torch.enable_grad(), model_mode(model, False):
         logits = model(x)
         t = _targets(targets, logits)
         (grad,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), x)
@@ -305,7 +293,7 @@ def occlusion(model: nn.Module, images: torch.Tensor, targets=None, *, patch: in
     if not (isinstance(patch, int) and isinstance(stride, int) and 1 <= patch <= min(h, w) and stride >= 1):
         raise ValueError(f"patch and stride must be integers with 1 <= patch <= {min(h, w)} (the image side) "
                          f"and stride >= 1; got patch={patch!r}, stride={stride!r}")
-    with _eval_mode(model):
+    with model_mode(model, False):
         probs = model(images).softmax(1)
         t = _targets(targets, probs)
         p0 = probs.gather(1, t[:, None])[:, 0]

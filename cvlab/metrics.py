@@ -13,7 +13,7 @@ import torch
 from sklearn import metrics as skm
 from torch import nn
 
-from .utils import get_device
+from .utils import get_device, model_mode
 
 __all__ = ["Predictions", "accuracy", "classification_report", "confusion_matrix", "most_confused",
            "per_class_metrics", "predict"]
@@ -83,15 +83,11 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device | str | Non
         ValueError: the loader yielded no batches.
     """
     device = get_device(device)
-    was_training = model.training
-    model.to(device).eval()
     ys, ps = [], []
-    try:
+    with model_mode(model.to(device), False):
         for x, y in loader:
             ps.append(torch.softmax(model(x.to(device)), dim=1).float().cpu())
             ys.append(torch.as_tensor(y).long().cpu())
-    finally:
-        model.train(was_training)
     if not ys:
         raise ValueError("the loader yielded no batches")
     return Predictions(torch.cat(ps), torch.cat(ys))

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from .pretrained import pretrained
 from .transfer import FrozenPrefix
-from .utils import get_device, progress_bar
+from .utils import get_device, model_mode, progress_bar
 
 __all__ = ["IGNORE_INDEX", "UNet", "check_mask", "dice_loss", "evaluate", "lraspp_mobilenet_v2", "semantic_mask",
            "train_one_epoch"]
@@ -187,10 +187,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         ValueError: no batches. FloatingPointError: a NaN or infinite loss (lower the learning rate).
     """
     device = get_device(device)
-    was_training = model.training
-    model.to(device).train()
     total, batches = 0.0, 0
-    try:
+    with model_mode(model.to(device), True):
         for images, masks in progress_bar(loader, desc="train", enabled=progress):
             loss = loss_fn(_logits(model(images.to(device))), masks.to(device))
             if not torch.isfinite(loss):
@@ -201,8 +199,6 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             if scheduler is not None:
                 scheduler.step()
             total, batches = total + loss.item(), batches + 1
-    finally:
-        model.train(was_training)
     if batches == 0:
         raise ValueError("the loader yielded no batches")
     return total / batches
@@ -224,19 +220,15 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
     device = get_device(device)
-    was_training = model.training
-    model.to(device).eval()
     iou = MulticlassJaccardIndex(num_classes, average="none", ignore_index=ignore_index, zero_division=float("nan"))
     acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index)
     batches = 0
-    try:
+    with model_mode(model.to(device), False):
         for images, masks in loader:
             pred = _logits(model(images.to(device))).argmax(1).cpu()
             iou.update(pred, masks)
             acc.update(pred, masks)
             batches += 1
-    finally:
-        model.train(was_training)
     if batches == 0:
         raise ValueError("the loader yielded no batches")
     per_class = iou.compute()

@@ -23,7 +23,7 @@ from torch import nn
 from .history import EarlyStopping, History, TrainingDiverged, TrainingInterrupted, divergence_reason
 from .resume import resume, save_epoch, save_failed
 from .schedules import Scheduler, SchedulerFactory, make_scheduler, step_epoch_scheduler
-from .utils import autocast_dtype, get_device, progress_bar, set_seed
+from .utils import autocast_dtype, get_device, model_mode, progress_bar, set_seed
 
 __all__ = ["evaluate", "fit", "train_one_epoch"]
 
@@ -38,17 +38,6 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
-@contextlib.contextmanager
-def _mode(model: nn.Module, training: bool):
-    """Put ``model`` in train or eval mode for the block, then back in the mode it was in."""
-    was_training = model.training
-    model.train(training)
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _len(loader: Iterable) -> int | None:
@@ -137,7 +126,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optim
         ValueError: the loader yielded no batches.
     """
     device = get_device(device)
-    with _mode(model.to(device), True), progress_bar(total=_len(loader), desc="train", enabled=progress) as bar:
+    with model_mode(model.to(device), True), progress_bar(total=_len(loader), desc="train", enabled=progress) as bar:
         return _train_batches(model, loader, loss_fn, optimizer, device, bar, scheduler, amp_dtype, scaler,
                               max_grad_norm)
 
@@ -164,7 +153,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable | None = None
     device = get_device(device)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     total_loss, correct, seen = 0.0, 0, 0
-    with _mode(model.to(device), False), progress_bar(total=_len(loader), desc="evaluate", enabled=progress) as bar:
+    with model_mode(model.to(device), False), progress_bar(total=_len(loader), desc="evaluate", enabled=progress) as bar:
         for x, y in loader:
             _check_batch(x, y)
             x, y = x.to(device), y.to(device)
@@ -191,7 +180,7 @@ def _run_epoch(epoch, model, train_loader, val_loader, loss_fn, optimizer, devic
                monitor, amp_dtype, scaler, max_grad_norm, stats=None) -> dict[str, float]:
     """Train one epoch, evaluate, step an epoch scheduler; return the epoch's record."""
     t0 = time.perf_counter()
-    with _mode(model, True):
+    with model_mode(model, True):
         train_loss, train_acc = _train_batches(model, train_loader, loss_fn, optimizer, device, bar,
                                                scheduler if per_batch else None, amp_dtype, scaler, max_grad_norm,
                                                stats)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .models import find_layer
-from .utils import get_device, progress_bar
+from .utils import get_device, model_mode, progress_bar
 
 __all__ = ["FrozenPrefix", "extract_features", "freeze", "param_groups", "replace_head", "unfreeze"]
 
@@ -186,10 +186,8 @@ def extract_features(module: nn.Module, data, *, batch_size: int = 64, device: t
     device = torch.device(device) if device is not None else get_device()
     if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
         data = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-    was_training = module.training
-    module.eval().to(device)
     feats, labels = [], []
-    try:
+    with model_mode(module.to(device), False):
         for batch in progress_bar(data, desc=desc, enabled=progress):
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 raise ValueError("data must yield (images, labels) pairs, as a DataLoader over an "
@@ -197,8 +195,6 @@ def extract_features(module: nn.Module, data, *, batch_size: int = 64, device: t
             x, y = batch
             feats.append(module(x.to(device)).float().cpu().contiguous())
             labels.append(torch.as_tensor(y).long().cpu())
-    finally:
-        module.train(was_training)
     if not feats:
         raise ValueError("data yielded no batches: is the dataset empty?")
     return torch.cat(feats), torch.cat(labels)

@@ -3,6 +3,7 @@ bars and the lesson's result line. Nothing here imports another cvlab module.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -14,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 __all__ = ["AMP_DTYPES", "AVX2_ENV", "DEFAULT_SEED", "MAX_BAR_REFRESHES", "autocast_dtype", "avx2_env", "cpu_has_bf16", "cpu_info", "get_device",
-           "key_result", "progress_bar", "rerun_with_avx2_kernels", "set_seed", "sha256_file"]
+           "key_result", "model_mode", "progress_bar", "rerun_with_avx2_kernels", "set_seed", "sha256_file"]
 
 #: the one seed default of the package: every ``seed=`` argument defaults to it
 DEFAULT_SEED = 0
@@ -128,6 +129,19 @@ def cpu_has_bf16() -> bool:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
+
+
+@contextlib.contextmanager
+def model_mode(model: torch.nn.Module, training: bool):
+    """Put ``model`` in train (True) or eval (False) mode for a ``with`` block, then back in the mode
+    it was in, also when the block raises: the contract that every cvlab function leaves a model's
+    mode as it found it. Yields the model."""
+    was_training = model.training
+    model.train(training)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
