@@ -92,8 +92,9 @@ def torchvision_detector(name: str = "fasterrcnn_mobilenet_v3_large_fpn"):
         ``weights.meta["categories"]`` its 91 class names.
 
     Raises:
-        RuntimeError: the weights are not cached and cannot be downloaded (offline); the message
-            says why, so a lesson can fall back to ``OpenCVDetector``.
+        RuntimeError: the weights are not cached and cannot be downloaded; the message says why
+            in words ("no internet connection", or the server's error), so a lesson can fall back
+            to ``OpenCVDetector``.
     """
     from torchvision import models as tvm
 
@@ -101,10 +102,13 @@ def torchvision_detector(name: str = "fasterrcnn_mobilenet_v3_large_fpn"):
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # torch.hub prints 'Downloading: "<url>" to <path>'
             return tvm.get_model(name, weights=weights).eval(), weights
-    except Exception as exc:  # URLError offline, HTTP errors, a truncated file
-        reason = getattr(exc, "reason", None) or exc
+    except Exception as exc:  # no network, HTTP errors, a truncated file
+        import urllib.error
+
+        offline = isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError)
+        why = "no internet connection" if offline else f"{type(exc).__name__}: {str(exc)[:80]}"
         raise RuntimeError(f"torchvision's {name} weights {weights.name} are not cached and could not be downloaded "
-                           f"({type(exc).__name__}: {str(reason)[:80]})") from None
+                           f"({why})") from None
 
 
 class OpenCVDetector:

@@ -73,3 +73,13 @@ def test_no_warnings_in_committed_outputs(path):
     for c in code:
         stderr = [o for o in c["outputs"] if o["output_type"] == "stream" and o["name"] == "stderr"]
         assert not stderr, f"a cell writes to stderr: {''.join(stderr[0]['text'])[:200]}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_outputs_hold_no_host_paths_or_download_noise(path):
+    """Learners see committed outputs: no machine's folders, no traceback words of a failed download."""
+    _, _, code = _cells(path)
+    text = "\n".join("".join(o.get("text", "")) + json.dumps(o.get("data", {}).get("text/plain", ""))
+                      for c in code for o in c["outputs"])
+    for noise in ("URLError", "Downloading:", "/root/", "/home/", "/tmp/", "/work/", "site-packages"):
+        assert noise not in text, f"an output shows {noise!r}"
