@@ -131,19 +131,18 @@ def make_scene(items: torch.Tensor, labels: torch.Tensor, *, size: int = 96, min
         pixels = item > ITEM_THRESHOLD
         if not pixels.any():
             continue
+        bx1, by1, bx2, by2 = (int(v) for v in masks_to_boxes(pixels[None])[0])  # the item's box inside its square
         for _ in range(max_tries):
             top = int(torch.randint(0, size - side + 1, (1,), generator=g))
             left = int(torch.randint(0, size - side + 1, (1,), generator=g))
-            mask = torch.zeros(size, size, dtype=torch.bool)
-            mask[top:top + side, left:left + side] = pixels
-            box = masks_to_boxes(mask[None])[0].long()
+            x1, y1, x2, y2 = left + bx1, top + by1, left + bx2, top + by2
             # free means: the item's box, grown by one pixel, touches no earlier item's box
-            y1, y2 = max(int(box[1]) - 1, 0), int(box[3]) + 2
-            x1, x2 = max(int(box[0]) - 1, 0), int(box[2]) + 2
-            if not taken[y1:y2, x1:x2].any():
-                taken[int(box[1]):int(box[3]) + 1, int(box[0]):int(box[2]) + 1] = True
+            if not taken[max(y1 - 1, 0):y2 + 2, max(x1 - 1, 0):x2 + 2].any():
+                taken[y1:y2 + 1, x1:x2 + 1] = True
                 region = canvas[:, top:top + side, left:left + side]
                 canvas[:, top:top + side, left:left + side] = torch.where(pixels, item, region)
+                mask = torch.zeros(size, size, dtype=torch.bool)
+                mask[top:top + side, left:left + side] = pixels
                 masks.append(mask)
                 classes.append(int(labels[k]) + 1)
                 break
