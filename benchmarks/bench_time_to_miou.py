@@ -12,30 +12,23 @@ Target (issue 12): mIoU >= 0.80 within 90 s of training on a 2-core CPU.
 This machine's timings are noisy (2-4x in a bad minute): compare runs. Not a test; it asserts nothing.
 
 Usage:  .venv/bin/python benchmarks/bench_time_to_miou.py [--model lraspp|unet] [--epochs 4] [--frozen 4]
-        [--train-scenes 3000] [--batch-size 16] [--lr 3e-3] [--dice] [--avx2]
+        [--train-scenes 3000] [--batch-size 16] [--lr 3e-3] [--refine 8] [--dice] [--record FILE] [--avx2]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
 from torch import nn
 
 from cvlab.scenes import SCENE_CLASSES, fashion_mnist_scenes
-from cvlab.segmentation import UNet, dice_loss, evaluate, lraspp_mobilenet_v2, semantic_mask, train_one_epoch
+from cvlab.segmentation import dice_loss, evaluate, segmentation_tensors, train_one_epoch
+from cvlab.segmenters import UNet, lraspp_mobilenet_v2
 from cvlab.utils import cpu_info, rerun_with_avx2_kernels, set_seed
 
 THRESHOLDS = (0.5, 0.7, 0.8)
-MEAN, STD = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def tensors(scenes, normalize: bool):
-    """Images float32 (N, 3, H, W) (ImageNet-normalised for a pretrained backbone) and masks int64 (N, H, W)."""
-    images = torch.stack([img.as_subclass(torch.Tensor) for img, _ in scenes]).float().div(255).expand(-1, 3, -1, -1)
-    images = (images - MEAN) / STD if normalize else images.contiguous()
-    masks = torch.stack([semantic_mask(t, img.shape[-2:]) for img, t in scenes])
-    return images, masks
 
 
 def main() -> None:
@@ -47,8 +40,12 @@ def main() -> None:
     parser.add_argument("--frozen", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--refine", type=int, default=0,
+                        help="width of the full-resolution refinement (cvlab.segmenters.ImageRefinement); 0: none")
     parser.add_argument("--dice", action="store_true", help="loss = cross-entropy + Dice")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", help="append this run's result row to a JSON-lines file (lesson 07 reads "
+                                         "benchmarks/results/segmentation_models.jsonl)")
     parser.add_argument("--avx2", action="store_true",
                         help="time as on a CPU without AVX-512: PyTorch restricted to AVX2 kernels (cvlab.utils.AVX2_ENV)")
     args = parser.parse_args()
@@ -58,13 +55,17 @@ def main() -> None:
     print(f"CPU: {cpu_info()}; torch {torch.__version__}")
     scene = dict(size=96, min_items=1, max_items=3, scale=(24, 48))
     t0 = time.perf_counter()
-    train = tensors(fashion_mnist_scenes("train", args.train_scenes, seed=args.seed, **scene), args.model == "lraspp")
-    test = tensors(fashion_mnist_scenes("test", args.test_scenes, seed=args.seed + 1, **scene), args.model == "lraspp")
+    pretrained = args.model == "lraspp"
+    train = segmentation_tensors(fashion_mnist_scenes("train", args.train_scenes, seed=args.seed, **scene),
+                                 imagenet_normalize=pretrained)
+    test = segmentation_tensors(fashion_mnist_scenes("test", args.test_scenes, seed=args.seed + 1, **scene),
+                                imagenet_normalize=pretrained)
     print(f"{len(train[0])} training and {len(test[0])} test scenes made in {time.perf_counter() - t0:.1f} s; "
           f"background pixels {float((train[1] == 0).float().mean()) * 100:.0f} %")
 
     set_seed(args.seed)
-    model = lraspp_mobilenet_v2(11, frozen_blocks=args.frozen) if args.model == "lraspp" else UNet(3, 11, base=16, depth=3)
+    model = (lraspp_mobilenet_v2(11, frozen_blocks=args.frozen, refine_channels=args.refine) if pretrained
+             else UNet(3, 11, base=16, depth=3))
     trainable = [p for p in model.parameters() if p.requires_grad]
     g = torch.Generator().manual_seed(args.seed)
     train_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*train), batch_size=args.batch_size,
@@ -74,7 +75,7 @@ def main() -> None:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * len(train_loader))
     ce = nn.CrossEntropyLoss()
     loss_fn = (lambda logits, masks: ce(logits, masks) + dice_loss(logits, masks)) if args.dice else ce
-    print(f"{args.model}: {sum(p.numel() for p in trainable):,} trainable parameters; {args.epochs} epochs, batch "
+    print(f"{args.model}{f' + refinement {args.refine}' if args.refine else ''}: {sum(p.numel() for p in trainable):,} trainable parameters; {args.epochs} epochs, batch "
           f"{args.batch_size}, AdamW + one-cycle {args.lr:g}, loss {'CE + Dice' if args.dice else 'CE'}")
     reached, seconds = {}, 0.0
     for epoch in range(1, args.epochs + 1):
@@ -91,6 +92,15 @@ def main() -> None:
         print(f"mIoU >= {th}: " + (f"after {reached[th]:.1f} s of training" if th in reached else "not reached"))
     print("IoU per class: " + ", ".join(f"{n} {v:.2f}" for n, v in zip(("background", *SCENE_CLASSES[1:]),
                                                                         result["iou_per_class"])))
+    if args.record:
+        name = ("LRASPP-MobileNetV2" + (f" + refinement {args.refine}" if args.refine else "") if pretrained
+                else "U-Net (scratch, base 16)")
+        row = {"model": name, "frozen_blocks": args.frozen if pretrained else 0, "loss": "CE + Dice" if args.dice else "CE",
+               "epochs": args.epochs, "train_scenes": len(train[0]), "lr": args.lr, "seconds": round(seconds, 1),
+               "miou": round(result["miou"], 3), "pixel_acc": round(result["pixel_acc"], 3),
+               "seconds_to": {str(th): round(reached[th], 1) for th in THRESHOLDS if th in reached}, "cpu": cpu_info()}
+        with open(args.record, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

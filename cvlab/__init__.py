@@ -22,7 +22,8 @@ One module per job, named after the lesson topic it serves; imports point down o
     detection       target and image checks, train_one_epoch / evaluate (COCO mAP), filtering and
                     matching detections (TP / FP / miss), confused classes
     detectors       detector models: torchvision's COCO zoo, SSD-MobileNetV2-COCO in OpenCV, fcos_mobilenet_v2
-    segmentation    mask checks, U-Net, LRASPP on MobileNetV2, Dice loss, mIoU with torchmetrics (lesson 07)
+    segmentation    masks as data, Dice loss, training, mIoU with torchmetrics, overlays (lesson 07)
+    segmenters      U-Net, torchvision's LRASPP on MobileNetV2, full-resolution refinement (lesson 07)
     experiments     train_and_evaluate, results_table: fair model comparisons
     visualization   plots that return their Figure
     interpretation  GradCAM, saliency, occlusion, randomize_layers

@@ -1,4 +1,5 @@
-"""Semantic segmentation: masks as data, models, losses and metrics (lesson 07).
+"""Semantic segmentation: masks as data, losses, training, metrics and overlays (lesson 07; the
+models are in ``cvlab.segmenters``).
 
 A semantic mask is an int64 (H, W) tensor of class indices, 0 the background, ``IGNORE_INDEX``
 (255) for pixels that count for nothing (unlabelled borders, padding). Models return logits
@@ -8,18 +9,18 @@ matrix and IoU from scratch and checks them against it.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .pretrained import pretrained
-from .transfer import FrozenPrefix
+from .images import images_to_numpy
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
 from .utils import get_device, model_mode, progress_bar
 
-__all__ = ["IGNORE_INDEX", "UNet", "check_mask", "dice_loss", "evaluate", "lraspp_mobilenet_v2", "semantic_mask",
+__all__ = ["IGNORE_INDEX", "check_mask", "class_colors", "dice_loss", "draw_mask",
+           "error_mask", "evaluate", "plot_segmentation", "predict_masks", "segmentation_tensors", "semantic_mask",
            "train_one_epoch"]
 
 #: mask value for pixels that no loss or metric counts
@@ -66,88 +67,32 @@ def semantic_mask(target: dict, image_size: tuple[int, int]) -> torch.Tensor:
     return out
 
 
-def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
-
-
-class UNet(nn.Module):
-    """A small U-Net (Ronneberger et al. 2015, arXiv:1505.04597): an encoder of ``depth``
-    double-convolution blocks with max-pooling, a decoder with transposed convolutions, and skip
-    connections that concatenate encoder features at each resolution.
+def segmentation_tensors(scenes: Sequence[tuple[torch.Tensor, dict]], *,
+                         imagenet_normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scenes (``cvlab.scenes``) as two tensors for a ``TensorDataset``.
 
     Args:
-        in_channels: image channels (1 or 3).
-        num_classes: output channels (logits per class).
-        base: channels of the first block; each level doubles them.
-        depth: how many times the image is halved; H and W must be divisible by 2**depth.
-
-    Input float32 (B, in_channels, H, W); output logits (B, num_classes, H, W).
-
-    Raises:
-        ValueError: sizes < 1, or (in forward) H or W not divisible by 2**depth.
-    """
-
-    def __init__(self, in_channels: int = 3, num_classes: int = 11, base: int = 16, depth: int = 3):
-        super().__init__()
-        if min(in_channels, num_classes, base, depth) < 1:
-            raise ValueError("in_channels, num_classes, base and depth must be positive")
-        widths = [base * 2 ** i for i in range(depth + 1)]
-        self.depth = depth
-        self.down = nn.ModuleList([_double_conv(in_channels, widths[0])] +
-                                  [_double_conv(widths[i], widths[i + 1]) for i in range(depth)])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth))])
-        self.merge = nn.ModuleList([_double_conv(2 * widths[i], widths[i]) for i in reversed(range(depth))])
-        self.head = nn.Conv2d(widths[0], num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        step = 2 ** self.depth
-        if x.shape[-1] % step or x.shape[-2] % step:
-            raise ValueError(f"U-Net of depth {self.depth} needs H and W divisible by {step}, got {tuple(x.shape[-2:])}: "
-                             "resize or pad the images")
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
-        for up, merge, skip in zip(self.up, self.merge, reversed(skips[:-1])):
-            x = merge(torch.cat([up(x), skip], dim=1))
-        return self.head(x)
-
-
-class _TwoLevels(nn.Module):
-    """MobileNetV2 blocks returning the stride-8 (``low``) and stride-16 (``high``) features LRASPP reads."""
-
-    def __init__(self, features: nn.Sequential, frozen: int):
-        super().__init__()
-        self.low, self.high = FrozenPrefix(features[:7], min(frozen, 7)), FrozenPrefix(features[7:14], max(0, frozen - 7))
-
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        low = self.low(x)
-        return OrderedDict(low=low, high=self.high(low))
-
-
-def lraspp_mobilenet_v2(num_classes: int = 11, *, frozen_blocks: int = 4, inter_channels: int = 128,
-                        pretrained_backbone: bool = True) -> nn.Module:
-    """torchvision's LRASPP head (Howard et al. 2019, "Searching for MobileNetV3", arXiv:1905.02244)
-    on MobileNetV2's first 14 blocks with ImageNet weights (offline through ``cvlab.pretrained``):
-    stride-8 features (32 channels) for detail, stride-16 features (96 channels) for context.
+        scenes: ``(image, target)`` pairs, images uint8 (1 or 3, H, W) of one size, targets with
+            ``masks`` (K, H, W) bool and ``labels`` (K,).
+        imagenet_normalize: subtract ImageNet's mean and divide by its std (for a pretrained backbone).
 
     Returns:
-        a model taking float32 (B, 3, H, W), ImageNet-normalised, and returning ``{"out": logits}``
-        with logits (B, num_classes, H, W) (upsampled bilinearly to the input size).
+        images float32 (N, 3, H, W) (gray repeated to RGB; in [0, 1] unless normalised) and masks
+        int64 (N, H, W) from ``semantic_mask``.
 
     Raises:
-        ValueError: num_classes or inter_channels < 1, frozen_blocks outside 0..14.
+        ValueError: no scenes, or images of different sizes.
     """
-    from torchvision.models import mobilenet_v2
-    from torchvision.models.segmentation.lraspp import LRASPP
-
-    if min(num_classes, inter_channels) < 1 or not 0 <= frozen_blocks <= 14:
-        raise ValueError(f"need num_classes, inter_channels >= 1 and 0 <= frozen_blocks <= 14, got {num_classes}, "
-                         f"{inter_channels}, {frozen_blocks}")
-    net = pretrained("mobilenet_v2", "IMAGENET1K_V1", verbose=False)[0] if pretrained_backbone else mobilenet_v2()
-    return LRASPP(_TwoLevels(net.features, frozen_blocks), low_channels=32, high_channels=96,
-                  num_classes=num_classes, inter_channels=inter_channels)
+    if len(scenes) == 0:
+        raise ValueError("no scenes: make some with cvlab.scenes.make_scenes or fashion_mnist_scenes")
+    sizes = {tuple(img.shape[-2:]) for img, _ in scenes}
+    if len(sizes) > 1:
+        raise ValueError(f"scenes of different sizes {sorted(sizes)}: resize them to one size first")
+    images = torch.stack([img.as_subclass(torch.Tensor).expand(3, -1, -1) for img, _ in scenes]).float().div(255)
+    if imagenet_normalize:
+        images = (images - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    masks = torch.stack([semantic_mask(t, img.shape[-2:]) for img, t in scenes])
+    return images, masks
 
 
 def _logits(output: Any) -> torch.Tensor:
@@ -233,3 +178,115 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
         raise ValueError("the loader yielded no batches")
     per_class = iou.compute()
     return {"miou": float(per_class.nanmean()), "pixel_acc": float(acc.compute()), "iou_per_class": per_class.tolist()}
+
+
+def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
+    """One RGB colour (0..255 each) per class: black for the background (0), then matplotlib's
+    tab10 with its gray swapped for yellow (tab20 beyond 10 classes). Raises ValueError for
+    num_classes outside 1..21."""
+    from matplotlib import colormaps
+
+    if not 1 <= num_classes <= 21:
+        raise ValueError(f"num_classes must be 1..21 for the built-in palette, got {num_classes}: pass your own colours")
+    cmap = colormaps["tab10" if num_classes <= 11 else "tab20"]
+    colors = [tuple(int(round(255 * v)) for v in cmap(i)[:3]) for i in range(num_classes - 1)]
+    if num_classes <= 11 and num_classes > 8:
+        colors[7] = (255, 230, 0)              # tab10's gray would vanish on gray images: yellow instead
+    return [(0, 0, 0)] + colors
+
+
+def draw_mask(image, mask: torch.Tensor, num_classes: int, *, alpha: float = 0.6,
+              classes: Sequence[int] | None = None, colors: Sequence | None = None) -> torch.Tensor:
+    """A semantic mask painted over its image with ``torchvision.utils.draw_segmentation_masks``.
+
+    Args:
+        image: (C, H, W) or (H, W), uint8 [0, 255] or float [0, 1]; gray is drawn as RGB.
+        mask: int64 (H, W) class indices (``IGNORE_INDEX`` pixels are left unpainted).
+        num_classes: classes including the background.
+        alpha: opacity of the paint, 0 (invisible) to 1 (opaque).
+        classes: the classes to paint (default: all but the background 0).
+        colors: one colour per class (default ``class_colors``).
+
+    Returns:
+        uint8 (3, H, W).
+
+    Raises:
+        ValueError: alpha outside [0, 1]; as ``check_mask`` for a mask that does not fit the image.
+    """
+    from torchvision.utils import draw_segmentation_masks
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha is the paint's opacity, 0..1, got {alpha}")
+    img = torch.from_numpy((images_to_numpy(image)[0] * 255).round().astype("uint8")).permute(2, 0, 1)
+    img = img.repeat(3, 1, 1) if img.shape[0] == 1 else img
+    check_mask(mask, tuple(img.shape[-2:]), num_classes)
+    colors = list(colors) if colors is not None else class_colors(num_classes)
+    classes = [c for c in (range(1, num_classes) if classes is None else classes) if bool((mask == c).any())]
+    if not classes or alpha == 0:
+        return img
+    masks = torch.stack([mask == c for c in classes])
+    return draw_segmentation_masks(img, masks, alpha=alpha, colors=[tuple(colors[c]) for c in classes])
+
+
+def error_mask(prediction: torch.Tensor, target: torch.Tensor, *, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """bool (H, W) (or (B, H, W)): True where the predicted class differs from the true one
+    (``ignore_index`` pixels are never errors). Raises ValueError for shapes that differ."""
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} must have one shape")
+    return (prediction != target) & (target != ignore_index)
+
+
+@torch.no_grad()
+def predict_masks(model: nn.Module, images: torch.Tensor, *, batch_size: int = 100,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """The predicted class of every pixel: int64 (N, H, W) from float32 images (N, C, H, W)
+    (argmax of the logits, in batches; the model's mode is restored)."""
+    device = get_device(device)
+    with model_mode(model.to(device), False):
+        return torch.cat([_logits(model(images[i:i + batch_size].to(device))).argmax(1).cpu()
+                          for i in range(0, len(images), batch_size)])
+
+
+def plot_segmentation(images, targets: torch.Tensor, predictions: torch.Tensor | None, class_names: Sequence[str], *,
+                      alpha: float = 0.6, size: float = 1.9, title: str | None = None):
+    """A figure, one column per image: the image, the true mask over it, the predicted mask over
+    it and the wrong pixels in red, with a legend of the class colours.
+
+    Args:
+        images: (N, C, H, W) or (N, H, W), uint8 or float [0, 1] (undo any normalisation first).
+        targets: int64 (N, H, W) true masks; predictions: the same for the predictions, or None
+            to draw only the truth.
+        class_names: num_classes names, the background first.
+
+    Returns:
+        a matplotlib Figure. Raises as ``draw_mask``.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    k = len(class_names)
+    colors = class_colors(k)
+    rows = [("truth", targets)] + ([("prediction", predictions), ("errors", None)] if predictions is not None else [])
+    fig, axes = plt.subplots(len(rows) + 1, len(targets), figsize=(size * len(targets), size * (len(rows) + 1) + 0.6),
+                             squeeze=False)
+    for j in range(len(targets)):
+        arr = images_to_numpy(images[j])[0]
+        axes[0, j].imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
+        for i, (name, masks) in enumerate(rows, start=1):
+            if name == "errors":
+                wrong = error_mask(predictions[j], targets[j])
+                drawn = draw_mask(images[j], wrong.long(), 2, alpha=0.8, colors=[(0, 0, 0), (230, 30, 30)])
+                axes[i, j].set_title(f"{float(wrong.float().mean()) * 100:.1f} % wrong", fontsize=8)
+            else:
+                drawn = draw_mask(images[j], masks[j], k, alpha=alpha, colors=colors)
+            axes[i, j].imshow(drawn.permute(1, 2, 0).numpy())
+    for i, name in enumerate(["image"] + [r[0] for r in rows]):
+        axes[i, 0].set_ylabel(name)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.legend(handles=[Patch(color=[v / 255 for v in colors[c]], label=class_names[c]) for c in range(1, k)],
+               loc="lower center", ncol=min(5, k - 1), fontsize=8, frameon=False)
+    fig.suptitle(title or "semantic masks: truth, prediction and wrong pixels", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig

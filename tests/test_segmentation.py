@@ -1,11 +1,13 @@
-"""cvlab.segmentation: mask checks that name the fix, scene masks, a U-Net and an LRASPP head that
-learn, Dice against torchmetrics, and mIoU / pixel accuracy from torchmetrics."""
+"""cvlab.segmentation: mask checks that name the fix, scene masks and tensors, Dice against
+torchmetrics, mIoU / pixel accuracy from torchmetrics, overlays and error maps."""
 import pytest
 import torch
 from torch import nn
 
 from cvlab.scenes import make_scenes
-from cvlab.segmentation import (IGNORE_INDEX, UNet, check_mask, dice_loss, evaluate, lraspp_mobilenet_v2,
+from cvlab.transforms import IMAGENET_MEAN
+from cvlab.segmentation import (IGNORE_INDEX, check_mask, class_colors, dice_loss, draw_mask,
+                                error_mask, evaluate, plot_segmentation, predict_masks, segmentation_tensors,
                                 semantic_mask, train_one_epoch)
 
 
@@ -41,25 +43,6 @@ def test_semantic_mask_paints_each_object_with_its_label():
         assert (mask[~target["masks"].any(0)] == 0).all()
 
 
-def test_unet_keeps_the_size_and_refuses_odd_sizes():
-    net = UNet(3, 11, base=8, depth=3)
-    assert net(torch.rand(2, 3, 32, 48)).shape == (2, 11, 32, 48)
-    with pytest.raises(ValueError, match="divisible by 8"):
-        net(torch.rand(1, 3, 30, 32))
-
-
-def test_lraspp_on_mobilenet_v2_outputs_full_size_logits_and_keeps_frozen_blocks_fixed():
-    model = lraspp_mobilenet_v2(11, frozen_blocks=4, pretrained_backbone=False)
-    out = model(torch.rand(2, 3, 96, 96))["out"]
-    assert out.shape == (2, 11, 96, 96)
-    low = model.backbone.low
-    assert not any(p.requires_grad for p in low[:4].parameters()) and all(p.requires_grad for p in low[4:].parameters())
-    model.train()
-    assert not any(m.training for m in low[0].modules()) and low[5].training
-    with pytest.raises(ValueError, match="0 <= frozen_blocks <= 14"):
-        lraspp_mobilenet_v2(11, frozen_blocks=15, pretrained_backbone=False)
-
-
 def test_dice_loss_matches_torchmetrics_dice_score():
     from torchmetrics.segmentation import DiceScore
     g = torch.Generator().manual_seed(0)
@@ -68,9 +51,10 @@ def test_dice_loss_matches_torchmetrics_dice_score():
     assert dice_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-4)
     hard = torch.randint(0, 4, (2, 16, 16), generator=g)
     logits = torch.nn.functional.one_hot(hard, 4).permute(0, 3, 1, 2).float() * 50
-    ours = 1 - dice_loss(logits, target, smooth=0.0).item()
-    theirs = DiceScore(num_classes=4, average="macro", input_format="index", include_background=True)(hard, target)
-    assert ours == pytest.approx(float(theirs), abs=1e-3)
+    dice = DiceScore(num_classes=4, average="macro", input_format="index", include_background=True)
+    for i in range(2):   # torchmetrics scores image by image; every class is in both images here
+        ours = 1 - dice_loss(logits[i:i + 1], target[i:i + 1], smooth=0.0).item()
+        assert ours == pytest.approx(float(dice(hard[i:i + 1], target[i:i + 1])), abs=1e-4)
     masked = target.clone()
     masked[:, :8] = IGNORE_INDEX
     assert dice_loss(perfect, masked).item() == pytest.approx(0.0, abs=1e-4)
@@ -93,3 +77,64 @@ def test_training_raises_miou_and_evaluate_restores_the_mode():
     assert len(after["iou_per_class"]) == 2
     with pytest.raises(ValueError, match="no batches"):
         evaluate(net, [], 2, "cpu")
+
+
+def test_segmentation_tensors_give_rgb_images_and_class_maps():
+    scenes = make_scenes(torch.full((4, 28, 28), 200, dtype=torch.uint8), torch.tensor([0, 1, 2, 3]), 3,
+                         size=32, min_items=1, max_items=2, scale=(8, 12))
+    images, masks = segmentation_tensors(scenes)
+    assert images.shape == (3, 3, 32, 32) and images.dtype == torch.float32 and 0 <= images.min() <= images.max() <= 1
+    assert masks.shape == (3, 32, 32) and masks.dtype == torch.int64
+    assert torch.equal(masks[1], semantic_mask(scenes[1][1], (32, 32)))
+    normalised, _ = segmentation_tensors(scenes, imagenet_normalize=True)
+    assert normalised[0, 0, 0, 0].item() == pytest.approx(-IMAGENET_MEAN[0] / 0.229, abs=1e-5)   # black pixel
+    with pytest.raises(ValueError, match="different sizes"):
+        segmentation_tensors([scenes[0], (torch.zeros(1, 16, 16, dtype=torch.uint8), scenes[0][1])])
+    with pytest.raises(ValueError, match="no scenes"):
+        segmentation_tensors([])
+
+
+def test_draw_mask_paints_only_the_chosen_classes_and_never_ignored_pixels():
+    image = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    mask = torch.zeros(8, 8, dtype=torch.int64)
+    mask[:2], mask[2:4], mask[4:6] = 1, 2, IGNORE_INDEX
+    colors = class_colors(3)
+    drawn = draw_mask(image, mask, 3, alpha=1.0)
+    assert drawn.shape == (3, 8, 8) and drawn.dtype == torch.uint8
+    assert tuple(drawn[:, 0, 0].tolist()) == colors[1] and tuple(drawn[:, 2, 0].tolist()) == colors[2]
+    assert drawn[:, 4:].sum() == 0                                  # ignored and background pixels stay black
+    only_two = draw_mask(image, mask, 3, alpha=1.0, classes=[2])
+    assert only_two[:, :2].sum() == 0 and tuple(only_two[:, 2, 0].tolist()) == colors[2]
+    assert torch.equal(draw_mask(image, mask, 3, alpha=0.0), image.repeat(3, 1, 1))
+    with pytest.raises(ValueError, match="is \\(4, 8\\) but its image is \\(8, 8\\)"):
+        draw_mask(image, mask[:4], 3)
+    with pytest.raises(ValueError, match="opacity"):
+        draw_mask(image, mask, 3, alpha=1.5)
+    assert len(class_colors(11)) == 11 and class_colors(11)[0] == (0, 0, 0) and len(set(class_colors(11))) == 11
+
+
+def test_error_mask_and_predict_masks():
+    target = torch.tensor([[0, 1], [2, IGNORE_INDEX]])
+    assert error_mask(torch.tensor([[0, 2], [2, 1]]), target).tolist() == [[False, True], [False, False]]
+    with pytest.raises(ValueError, match="one shape"):
+        error_mask(torch.zeros(2, 3), target)
+    net = nn.Conv2d(3, 4, 1)
+    images = torch.rand(5, 3, 6, 6)
+    net.train()
+    pred = predict_masks(net, images, batch_size=2, device="cpu")
+    assert pred.shape == (5, 6, 6) and pred.dtype == torch.int64 and net.training
+    assert torch.equal(pred, net(images).argmax(1))
+
+
+def test_plot_segmentation_draws_image_truth_prediction_and_errors():
+    import matplotlib.pyplot as plt
+    images = torch.rand(2, 1, 8, 8)
+    truth = torch.randint(0, 3, (2, 8, 8))
+    fig = plot_segmentation(images, truth, truth.flip(-1), ["background", "a", "b"])
+    assert len(fig.axes) == 8 and fig.axes[0].get_ylabel() == "image"
+    assert fig.axes[6].get_title().endswith("% wrong")
+    assert len(fig.legends[0].get_texts()) == 2
+    plt.close(fig)
+    fig = plot_segmentation(images.expand(-1, 3, -1, -1), truth, None, ["background", "a", "b"])
+    assert len(fig.axes) == 4
+    plt.close(fig)

@@ -179,3 +179,32 @@ def test_detection_explorer_keeps_fewer_boxes_as_the_thresholds_tighten():
         DetectionExplorer(torch.rand(3, 9, 9), [raw], ["bg"])
     with pytest.raises(ValueError, match="one score and one label per box"):
         DetectionExplorer(torch.rand(3, 9, 9), {**raw, "labels": raw["labels"][:3]}, ["bg"])
+
+
+def test_mask_explorer_renders_each_view_and_the_toggled_classes():
+    from cvlab.segmentation import class_colors
+    from cvlab.widgets import MaskExplorer
+    images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    truth = torch.zeros(2, 8, 8, dtype=torch.int64)
+    truth[:, :4], truth[:, 4:6] = 1, 2
+    pred = truth.clone()
+    pred[0, 4:6] = 1                                                   # scene 0: class 2 predicted as 1
+    explorer = MaskExplorer(images, truth, pred, ["bg", "a", "b"])
+    colors = class_colors(3)
+    shown = explorer.render(0, "truth", alpha=1.0)
+    assert tuple(shown[:, 5, 0].tolist()) == colors[2]
+    assert tuple(explorer.render(0, "prediction", alpha=1.0)[:, 5, 0].tolist()) == colors[1]
+    only_b = explorer.render(0, "truth", classes=[2], alpha=1.0)
+    assert only_b[:, :4].sum() == 0 and tuple(only_b[:, 5, 0].tolist()) == colors[2]
+    errors = explorer.render(0, "errors", alpha=1.0)
+    assert tuple(errors[:, 5, 0].tolist()) == (230, 30, 30) and errors[:, :4].sum() == 0
+    assert explorer.render(1, "errors", alpha=1.0).sum() == 0            # scene 1 is predicted right
+    assert not torch.equal(explorer.render(0, alpha=0.3), explorer.render(0, alpha=0.9))
+    fig = explorer.figure(0, "errors")
+    assert isinstance(fig, Figure) and "pixel accuracy 75.0 %" in fig.axes[0].get_title()
+    with pytest.raises(IndexError, match="choose 0..1"):
+        explorer.render(2)
+    with pytest.raises(ValueError, match="view must be one of"):
+        explorer.render(0, "overlay")
+    with pytest.raises(ValueError, match="one true and one predicted mask per image"):
+        MaskExplorer(images, truth, pred[:1], ["bg", "a", "b"])
