@@ -43,6 +43,8 @@ import hashlib
 import json
 import os
 import re
+import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -484,6 +486,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the system picks it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def lab_command(python: Path, *, port: int, token: str, as_root: bool) -> list[str]:
+    """The JupyterLab command: the notebooks folder, a fixed port and token (so that the URL can be
+    printed before the server starts), and ``--allow-root`` where the user is root (containers,
+    some classroom servers), which Jupyter otherwise refuses."""
+    cmd = [str(python), "-m", "jupyterlab", str(NOTEBOOKS), f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+           f"--IdentityProvider.token={token}"]
+    return cmd + ["--allow-root"] if as_root else cmd
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
@@ -520,8 +538,13 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run([str(python), __file__, "_execute", "--in-place", *args.extra], cwd=ROOT).returncode
     if args.headless:
         return subprocess.run([str(python), __file__, "_execute", *args.extra], cwd=ROOT).returncode
-    jupyter = [str(python), "-m", "jupyterlab", str(NOTEBOOKS)]
-    log("opening JupyterLab: " + " ".join(jupyter[1:]))
+    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    port, token = free_port(), secrets.token_urlsafe(16)
+    jupyter = lab_command(python, port=port, token=token, as_root=as_root)
+    if as_root:
+        log("you are root (a container or a shared server): JupyterLab is started with --allow-root. On a machine "
+            "you share, run the course as an ordinary user instead")
+    log(f"opening JupyterLab; if no browser opens, go to http://localhost:{port}/lab?token={token}")
     return subprocess.run(jupyter, cwd=ROOT).returncode
 
 

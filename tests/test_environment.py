@@ -1,5 +1,8 @@
 """The installed packages are the ones requirements.lock pins (the versions the notebooks were made
-with). One implementation of the comparison, ``course.lock_drift``, serves this test and the set-up."""
+with). One implementation of the comparison, ``course.lock_drift``, serves this test and the set-up.
+Also: the JupyterLab that ``python course.py`` opens starts (as root too) and answers at its URL."""
+import json
+import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -46,3 +49,36 @@ def test_versions_compare_as_pip_does():
 def test_a_line_that_is_not_an_exact_pin_is_an_error():
     with pytest.raises(ValueError, match="not an exact pin"):
         course.lock_pins("torch>=2.2\n")
+
+
+def test_jupyterlab_opens_as_root_at_the_printed_url(tmp_path):
+    """The command ``python course.py`` runs starts a JupyterLab that answers at the URL it prints,
+    also as root (where Jupyter refuses to start without ``--allow-root``)."""
+    import subprocess
+    import time
+    import urllib.request
+
+    port, token = course.free_port(), "test-token-123"
+    cmd = course.lab_command(Path(sys.executable), port=port, token=token, as_root=os.geteuid() == 0)
+    assert ("--allow-root" in cmd) == (os.geteuid() == 0)
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
+    server = subprocess.Popen(cmd + ["--no-browser", "--ServerApp.ip=127.0.0.1"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, status = time.monotonic() + 60, None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2) as r:
+                    status = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert server.poll() is None, f"JupyterLab exited: {server.stderr.read()[-2000:]}"
+        assert status is not None and "started" in status
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab?token={token}", timeout=5) as r:
+            assert r.status == 200 and b"JupyterLab" in r.read()
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
