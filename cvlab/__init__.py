@@ -30,6 +30,7 @@ One module per job, named after the lesson topic it serves; imports point down o
     widgets         ipywidgets explorers whose logic is testable without a browser
     provisioning    puts data and weights in place (python course.py setup); never imported by the above
     runs            run folders of the command line: fresh, never over another run
+    inference       batch prediction on image files with a training checkpoint (python -m cvlab predict)
     cli             the command line's options and their checks (python -m cvlab runs it)
 
 The contract every public function follows:

@@ -4,6 +4,7 @@
     python -m cvlab train [options]            train a model on Fashion-MNIST or an image folder
     python -m cvlab train --help               every option, explained
     python -m cvlab train-detector [options]   train lesson 06's detector (FCOS-MobileNetV2) on Fashion-MNIST scenes
+    python -m cvlab predict CKPT IMAGES...     top-k classes of image files with a checkpoint from train (CSV/JSON)
 
 ``train`` is the lessons' training loop as a script, as torchvision's reference
 ``train.py`` is for theirs: it prints a progress bar per epoch and a final report, writes
@@ -13,6 +14,9 @@ with ``--resume``.
 Runs never overwrite each other: without ``--output-dir`` every run gets a fresh folder
 ``<data root>/runs/<model>-<dataset>-<YYYYmmdd-HHMMSS>``; an ``--output-dir`` that already holds
 a run is refused unless ``--overwrite`` (or ``--resume`` from that run's ``last.pt``) is given.
+
+``predict`` exits 1 when some images could not be read (each is named on stderr; the others are
+predicted and written).
 
 Exit status: 0 done; 1 the run started and failed (data not set up or corrupt, training
 diverged, no epoch finished); 2 a bad command line, found before anything is trained or written
@@ -291,6 +295,37 @@ def setup_command(args) -> int:
 
 
 
+def predict_command(args) -> int:
+    """Run ``cvlab predict``: exit 0 when every image was predicted, 1 when some could not be read
+    (named on stderr), 2 for a bad command line (missing checkpoint or images, an --output that
+    exists without --overwrite)."""
+    from .checkpoints import CheckpointError
+    from .inference import image_files, predict_files, write_predictions
+    from .models import load_model
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise _BadArgument("--top-k" if args.top_k < 1 else "--batch-size", "must be a whole number >= 1")
+    if args.output is not None and args.output.exists() and not args.overwrite:
+        raise _BadArgument("--output", f"{args.output} exists: choose another name or add --overwrite")
+    path = args.checkpoint / "best.pt" if args.checkpoint.is_dir() else args.checkpoint
+    try:
+        model, ckpt = load_model(path)
+        paths = image_files(args.images)
+        rows, bad = predict_files(model, ckpt, paths, k=args.top_k, batch_size=args.batch_size, device=args.device,
+                                  progress=not args.no_progress)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise _BadArgument("checkpoint" if isinstance(exc, CheckpointError) else "images",
+                           " ".join(str(exc).split())) from None
+    text = write_predictions(rows, args.output)
+    if args.output is None:
+        sys.stdout.write(text)
+    for bad_path, reason in bad:
+        print(f"cvlab predict: skipped {bad_path}: {reason}", file=sys.stderr)
+    where = f" to {args.output}" if args.output is not None else ""
+    print(f"cvlab predict: {len(rows)} image(s) predicted{where}, {len(bad)} skipped", file=sys.stderr)
+    return EXIT_FAILED if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m cvlab`` and the ``cvlab`` console script; returns an exit status.
 
@@ -299,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"setup": setup_command, "train": train_command, "train-detector": train_detector_command}[args.command]
+    command = {"setup": setup_command, "train": train_command, "train-detector": train_detector_command,
+               "predict": predict_command}[args.command]
     try:
         return command(args)
     except _BadArgument as exc:

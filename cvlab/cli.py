@@ -11,6 +11,7 @@ import math
 import os
 from pathlib import Path
 
+from .inference import add_predict_parser
 from .runs import RUN_FILES, dataset_name, folder_problem, new_run_dir, same_folder
 from .utils import DEFAULT_SEED
 
@@ -163,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random seed")
     r.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: $CVLAB_DEVICE, else the best available)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.cvlab_subparsers = {"setup": p_setup, "train": t, "train-detector": _detector_parser(sub)}
+    parser.cvlab_subparsers = {"setup": p_setup, "train": t, "train-detector": _detector_parser(sub),
+                               "predict": add_predict_parser(sub)}
     return parser
 
 

@@ -34,3 +34,17 @@ def _close_figures():
     yield
     import matplotlib.pyplot as plt
     plt.close("all")
+
+
+@pytest.fixture(scope="session")
+def folder(tmp_path_factory, fmnist_root):
+    """Real Fashion-MNIST images as PNG files: 3 classes (Trouser, Sandal, Bag), 40 train and 15 val
+    images each, in ``train/<class>/`` and ``val/<class>/``."""
+    from cvlab.datasets import FASHION_MNIST_CLASSES, fashion_mnist_tensors, write_image_folder
+
+    root = tmp_path_factory.mktemp("folder")
+    for split, name, n in (("train", "train", 40), ("val", "test", 15)):
+        x, y = fashion_mnist_tensors(name)
+        keep = torch.cat([torch.nonzero(y == c).flatten()[:n] for c in (1, 5, 8)])
+        write_image_folder(root / split, x[keep], y[keep], FASHION_MNIST_CLASSES)
+    return root

@@ -17,7 +17,7 @@ import torch
 from cvlab import provisioning
 from cvlab.__main__ import main
 from cvlab.runs import new_run_dir
-from cvlab.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_SHA256, fashion_mnist_tensors, write_image_folder
+from cvlab.datasets import FASHION_MNIST_SHA256
 from cvlab.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,17 +31,6 @@ def run(argv):
         return main(argv)
     except SystemExit as exc:
         return exc.code
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory, fmnist_root):
-    """Real Fashion-MNIST images as PNG files: 3 classes, 40 train and 15 val images each."""
-    root = tmp_path_factory.mktemp("folder")
-    for split, name, n in (("train", "train", 40), ("val", "test", 15)):
-        x, y = fashion_mnist_tensors(name)
-        keep = torch.cat([torch.nonzero(y == c).flatten()[:n] for c in (1, 5, 8)])
-        write_image_folder(root / split, x[keep], y[keep], FASHION_MNIST_CLASSES)
-    return root
 
 
 def test_train_on_an_image_folder_with_workers_then_resume(folder, tmp_path, capsys):
