@@ -56,10 +56,11 @@ VENV = ROOT / ".venv"
 NOTEBOOKS = ROOT / "notebooks"
 README = ROOT / "README.md"
 #: OpenMP settings for every kernel and test this script starts: PyTorch's CPU threads spin for at
-#: most ~10,000 rounds (microseconds) before they sleep, instead of libgomp's 300,000. Alone, a
-#: lesson runs as fast; two lessons at once on 2 cores then share them (2.3x and 1.6x slower each)
-#: instead of spinning on each other's cores (7.1x and 5.3x). benchmarks/bench_two_lessons.py
-#: measures it. KMP_BLOCKTIME (ms) is the same for LLVM's OpenMP (macOS builds; not measured here).
+#: most ~10,000 rounds (microseconds) before they sleep, instead of libgomp's 300,000. Two lessons at
+#: once on 2 cores then share them (2.3x and 1.6x slower each) instead of spinning on each other's
+#: cores (7.1x and 5.3x); alone, lessons 01 and 08 ran as fast and lesson 02 about 11 % slower
+#: (README, "Several lessons at once"; benchmarks/bench_two_lessons.py). KMP_BLOCKTIME (ms) is the
+#: same for LLVM's OpenMP (macOS builds; not measured here).
 KERNEL_ENV = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
 STAMP_NAME = ".cvlab-install-stamp"
 KEY_RESULT_PREFIX = "Key result:"
@@ -342,9 +343,33 @@ def ensure_environment(here: bool) -> Path:
     return python
 
 
+#: JupyterLab settings the course needs: widget state saved with the notebook, so that a lesson
+#: run, saved and reopened shows its widgets instead of "Error displaying widget: model not found"
+LAB_SETTINGS = {"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": True}}
+
+
+def lab_settings_file(python: Path) -> Path:
+    """JupyterLab's overrides.json of the environment ``python`` belongs to (its sys.prefix)."""
+    prefix = subprocess.run([str(python), "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    return Path(prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+
+
+def write_lab_settings(path: Path) -> None:
+    """Merge ``LAB_SETTINGS`` into a JupyterLab overrides.json (settings already there are kept)."""
+    current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for plugin, values in LAB_SETTINGS.items():
+        current.setdefault(plugin, {}).update(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def setup(here: bool) -> Path:
     python = ensure_environment(here)
     run([str(python), "-m", "cvlab", "setup"], cwd=ROOT)
+    write_lab_settings(lab_settings_file(python))
     return python
 
 
@@ -399,6 +424,45 @@ def record_run_times(times: dict[str, float], avx2: bool, readme: Path = README,
     return changed
 
 
+def settle_progress_text(nb) -> int:
+    """Give every tqdm bar in a notebook's outputs the text of its final state.
+
+    A bar is a widget; its output's text/plain (what GitHub, an HTML export or an untrusted
+    notebook shows) is the bar as first drawn: "epochs:   0%|          | 0/2". The notebook's saved
+    widget state holds the last values, so the text is rewritten from them:
+    "epochs: 100%|##########| 2/2 [01:02<00:00, 31.1s/batch]". Returns how many were rewritten.
+    """
+    import html
+
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+
+    def model(ref):
+        return state.get(str(ref).replace("IPY_MODEL_", ""), {})
+
+    settled = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+            box = model(view["model_id"]) if view else {}
+            children = [model(c) for c in box.get("state", {}).get("children", [])]
+            if box.get("model_name") != "HBoxModel" or [c.get("model_name") for c in children] != [
+                    "HTMLModel", "FloatProgressModel", "HTMLModel"]:
+                continue
+            bar = children[1]["state"]
+            prefix, suffix = (html.unescape(c["state"].get("value", "")).replace("\u2007", " ") for c in children[::2])
+            if bar.get("max") and "%" in prefix:
+                # the bar's value is the truth: a bar closed between two redraws keeps an older text
+                done = bar.get("value", 0) / bar["max"]
+                prefix = re.sub(r"\s*\d+%", f" {100 * done:3.0f}%", prefix, count=1)
+                suffix = re.sub(r"\d+/(\d+)", lambda m: f"{int(bar.get('value', 0))}/{m.group(1)}", suffix, count=1)
+                filled = max(0, min(10, round(10 * done)))
+                output["data"]["text/plain"] = f"{prefix}|{'█' * filled}{' ' * (10 - filled)}|{suffix}"
+            else:  # no known total: a count and a rate, as tqdm prints it
+                output["data"]["text/plain"] = f"{prefix}{suffix}"
+            settled += 1
+    return settled
+
+
 def execute_notebooks(out_dir: Path | None, only: list[str] | None = None, *, record_times: bool = False) -> int:
     """Execute every notebook from a fresh kernel; in place when out_dir is None.
 
@@ -433,6 +497,7 @@ def execute_notebooks(out_dir: Path | None, only: list[str] | None = None, *, re
                 text = output.get("text", "") if output.get("output_type") == "stream" else ""
                 results += [line[len(KEY_RESULT_PREFIX):].strip() for line in text.splitlines()
                             if line.startswith(KEY_RESULT_PREFIX)]
+        settle_progress_text(nb)
         target = path if out_dir is None else out_dir / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         if error is None or out_dir is not None:

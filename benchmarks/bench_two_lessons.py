@@ -34,7 +34,7 @@ from cvlab.utils import cpu_info  # noqa: E402
 #: OpenMP settings compared: libgomp spins 300,000 times (a fraction of a millisecond) before it
 #: sleeps by default; PASSIVE sleeps at once; GOMP_SPINCOUNT bounds the spinning in between
 POLICIES = {"default": {}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
-            "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"}}
+            "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"}, "GOMP_SPINCOUNT=100000": {"GOMP_SPINCOUNT": "100000"}}
 
 
 def start(lesson: str, policy: dict[str, str]) -> subprocess.Popen:

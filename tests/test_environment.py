@@ -100,3 +100,16 @@ def test_record_run_times_writes_the_header_and_the_readme(tmp_path):
     assert course.record_run_times({"00_setup_and_torchvision_tour.ipynb": 124.0}, avx2=True, readme=readme,
                                    notebooks=notebooks) == []
     assert (course.rounded_seconds(11.4), course.rounded_seconds(62.4), course.rounded_seconds(133.2)) == (11, 60, 135)
+
+
+def test_lab_settings_save_widget_state_and_keep_other_settings(tmp_path):
+    path = tmp_path / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    course.write_lab_settings(path)
+    assert json.loads(path.read_text()) == {"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": True}}
+    path.write_text(json.dumps({"@jupyterlab/apputils-extension:themes": {"theme": "JupyterLab Dark"},
+                                "@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": False}}))
+    course.write_lab_settings(path)
+    merged = json.loads(path.read_text())
+    assert merged["@jupyterlab/apputils-extension:themes"] == {"theme": "JupyterLab Dark"}
+    assert merged["@jupyter-widgets/jupyterlab-manager:plugin"] == {"saveState": True}
+    assert course.lab_settings_file(Path(sys.executable)) == Path(sys.prefix) / "share/jupyter/lab/settings/overrides.json"

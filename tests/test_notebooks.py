@@ -97,3 +97,15 @@ def test_run_time_in_the_header_is_the_readme_s(path):
     assert row, f"README's lesson table has no row for {path.stem}"
     assert header.groups() == row.groups(), (f"{path.name}: header says {header.groups()} s, README {row.groups()} s; "
                                              "run python course.py --headless --record-times (and with --avx2)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_progress_bars_show_their_final_state(path):
+    """A viewer without widgets (GitHub, HTML export, an untrusted notebook) shows each tqdm bar's
+    text: it must be the finished bar, not "0%|          | 0/N" (course.settle_progress_text)."""
+    for cell in _cells(path)[2]:
+        for output in cell["outputs"]:
+            data = output.get("data", {})
+            text = "".join(data.get("text/plain", ""))
+            if "application/vnd.jupyter.widget-view+json" in data and re.search(r"\d+%\|", text):
+                assert re.search(r"100%\|█{10}\|", text), f"an unfinished bar in the committed output: {text!r}"

@@ -208,3 +208,17 @@ def test_mask_explorer_renders_each_view_and_the_toggled_classes():
         explorer.render(0, "overlay")
     with pytest.raises(ValueError, match="one true and one predicted mask per image"):
         MaskExplorer(images, truth, pred[:1], ["bg", "a", "b"])
+
+
+def test_every_explorer_widget_carries_a_png_of_its_figure():
+    """Where widgets cannot run (an untrusted notebook, GitHub, HTML export) the output shows the
+    figure, not ``VBox(children=...``."""
+    import base64
+    from cvlab.widgets import DetectionExplorer, MaskExplorer
+    masks = torch.zeros(2, 8, 8, dtype=torch.int64)
+    boxes = {"boxes": torch.tensor([[1.0, 1.0, 6.0, 6.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}
+    for explorer in (MaskExplorer(torch.zeros(2, 1, 8, 8), masks, masks, ["bg", "a"]),
+                     DetectionExplorer(torch.rand(3, 16, 16), boxes, ["bg", "a"])):
+        bundle = explorer.widget()._repr_mimebundle_()
+        assert "application/vnd.jupyter.widget-view+json" in bundle
+        assert base64.b64decode(bundle["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"

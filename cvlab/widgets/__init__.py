@@ -1,5 +1,6 @@
 """Interactive notebook widgets (ipywidgets). Each widget's logic is a plain method that works
-without a browser, so tests call it directly; ``.widget()`` only wires that logic to controls.
+without a browser, so tests call it directly; ``.widget()`` only wires that logic to controls, and
+its output also carries a PNG of the figure drawn last, for viewers that cannot run widgets.
 
 * ``PredictionBrowser`` (lesson 02): pick a test image or class, see the top-k probabilities.
 * ``AugmentationExplorer`` (lesson 03): pick a photo and a transform, move its sliders.

@@ -9,6 +9,7 @@ from torchvision.transforms import v2
 
 from ..images import read_photo, sample_photos
 from ..transforms import AUGMENTATION_SPECS
+from ._snapshot import snapshot_box
 
 
 class AugmentationExplorer:
@@ -98,6 +99,7 @@ class AugmentationExplorer:
         seed = w.IntSlider(min=0, max=20, value=0, description="seed")
         sliders = w.VBox()
         out = w.Output()
+        last: dict = {}  # the figure drawn last, shown where widgets do not run
 
         def redraw(*_):
             params = {s.description: s.value for s in sliders.children}
@@ -105,6 +107,7 @@ class AugmentationExplorer:
                 out.clear_output(wait=True)
                 fig = self.figure(image.value, transform.value, seed.value, **params)
                 display(fig)
+                last["figure"] = fig
                 plt.close(fig)
 
         def rebuild(*_):
@@ -121,5 +124,5 @@ class AugmentationExplorer:
             control.observe(redraw, names="value")
         transform.observe(rebuild, names="value")
         rebuild()
-        return w.VBox([w.HBox([image, transform, seed]), sliders, out])
+        return snapshot_box([w.HBox([image, transform, seed]), sliders, out], last)
 

@@ -8,6 +8,7 @@ import torch
 
 from ..detection import filter_detections
 from ..visualization import draw_detections
+from ._snapshot import snapshot_box
 
 
 class DetectionExplorer:
@@ -70,15 +71,17 @@ class DetectionExplorer:
         score = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="score ≥")
         iou = widgets.FloatSlider(value=0.5, min=0.05, max=1.0, step=0.05, description="NMS IoU")
         out = widgets.Output()
+        last: dict = {}  # the figure drawn last, shown where widgets do not run
 
         def redraw(_=None):
             with out:
                 out.clear_output(wait=True)
                 fig = self.figure(score.value, iou.value)
                 display(fig)
+                last["figure"] = fig
                 plt.close(fig)
 
         score.observe(redraw, names="value")
         iou.observe(redraw, names="value")
         redraw()
-        return widgets.VBox([widgets.HBox([score, iou]), out])
+        return snapshot_box([widgets.HBox([score, iou]), out], last)

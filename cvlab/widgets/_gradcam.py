@@ -13,6 +13,7 @@ from ..models import find_layer
 from ..transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from ..visualization import plot_heatmaps
 from ._checks import _check_model, _class_name_list, _check_k, _check_outputs
+from ._snapshot import snapshot_box
 
 
 class GradCAMExplorer:
@@ -172,6 +173,7 @@ class GradCAMExplorer:
         target = w.Dropdown(description="class")
         layer = w.Dropdown(options=self.layers, value=self.layers[0], description="layer")
         out = w.Output()
+        last: dict = {}  # the figure drawn last, shown where widgets do not run
 
         updating = []  # non-empty while the class menu is refilled: one redraw, not one per change
 
@@ -182,6 +184,7 @@ class GradCAMExplorer:
                 out.clear_output(wait=True)
                 fig = self.figure(image.value, target.value, layer.value)
                 display(fig)
+                last["figure"] = fig
                 plt.close(fig)
 
         def new_image(*_):
@@ -196,5 +199,5 @@ class GradCAMExplorer:
         for control in (target, layer):
             control.observe(redraw, names="value")
         new_image()
-        return w.VBox([w.HBox([image, target, layer]), out])
+        return snapshot_box([w.HBox([image, target, layer]), out], last)
 

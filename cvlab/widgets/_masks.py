@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from ..segmentation import class_colors, draw_mask, error_mask
+from ._snapshot import snapshot_box
 
 VIEWS = ("prediction", "truth", "errors")
 
@@ -84,6 +85,7 @@ class MaskExplorer:
         toggles = [widgets.Checkbox(value=True, description=name, indent=False,
                                     layout=widgets.Layout(width="110px")) for name in self.class_names[1:]]
         out = widgets.Output()
+        last: dict = {}  # the figure drawn last, shown where widgets do not run
 
         def redraw(_=None):
             with out:
@@ -91,10 +93,11 @@ class MaskExplorer:
                 chosen = [c for c, box in enumerate(toggles, start=1) if box.value]
                 fig = self.figure(scene.value, view.value, chosen, alpha.value)
                 display(fig)
+                last["figure"] = fig
                 plt.close(fig)
 
         for control in (scene, alpha, view, *toggles):
             control.observe(redraw, names="value")
         redraw()
-        return widgets.VBox([widgets.HBox([scene, alpha]), view, widgets.HBox(toggles[:5]), widgets.HBox(toggles[5:]),
-                             out])
+        return snapshot_box([widgets.HBox([scene, alpha]), view, widgets.HBox(toggles[:5]), widgets.HBox(toggles[5:]),
+                             out], last)

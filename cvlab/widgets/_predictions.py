@@ -9,6 +9,7 @@ from torch import nn
 
 from ..images import images_to_numpy, to_float_images
 from ._checks import _check_model, _class_name_list, _check_k, _device, _check_outputs
+from ._snapshot import snapshot_box
 
 
 class PredictionBrowser:
@@ -131,6 +132,7 @@ class PredictionBrowser:
         cls = w.Dropdown(options=["all classes", *self.class_names], description="class")
         pos = w.IntSlider(min=0, max=len(self.labels) - 1, description="image #")
         out = w.Output()
+        last: dict = {}  # the figure drawn last, shown where widgets do not run
 
         def redraw(*_):
             idx = self.indices(cls.value)
@@ -141,6 +143,7 @@ class PredictionBrowser:
                     return
                 fig = self.figure(idx[min(pos.value, len(idx) - 1)])
                 display(fig)
+                last["figure"] = fig
                 plt.close(fig)
 
         def on_class(*_):
@@ -151,5 +154,5 @@ class PredictionBrowser:
         cls.observe(on_class, names="value")
         pos.observe(redraw, names="value")
         redraw()
-        return w.VBox([w.HBox([cls, pos]), out])
+        return snapshot_box([w.HBox([cls, pos]), out], last)
 
