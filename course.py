@@ -402,7 +402,7 @@ def record_run_times(times: dict[str, float], avx2: bool, readme: Path = README,
     import nbformat
 
     changed, group = [], 4 if avx2 else 2
-    table = readme.read_text(encoding="utf-8")
+    table = original = readme.read_text(encoding="utf-8")
     for name, seconds in times.items():
         quoted = str(rounded_seconds(seconds))
         path = notebooks / name
@@ -420,7 +420,8 @@ def record_run_times(times: dict[str, float], avx2: bool, readme: Path = README,
             start, end = row.span(group // 2)
             table = table[:start] + quoted + table[end:]
             changed.append(f"{name}: README {row.group(group // 2)} -> {quoted} s")
-    readme.write_text(table, encoding="utf-8")
+    if table != original:
+        readme.write_text(table, encoding="utf-8")
     return changed
 
 

@@ -25,13 +25,14 @@ import time
 import torch
 from torch import nn
 
+from _common import parse_args
 from cvlab.datasets import fashion_mnist_tensors
 from cvlab.loaders import InMemoryLoader
 from cvlab.pretrained import pretrained
 from cvlab.transfer import extract_features, freeze, param_groups, replace_head
 from cvlab.training import fit
 from cvlab.transforms import pretrained_transforms
-from cvlab.utils import cpu_info, rerun_with_avx2_kernels, set_seed
+from cvlab.utils import cpu_info, set_seed
 
 CUT, SIZE, SEED = 16, 96, 42
 
@@ -62,11 +63,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000, help="training images (default 1000)")
     parser.add_argument("--epochs", type=int, default=10, help="default 10, as lesson 05")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--avx2", action="store_true",
-                        help="time as on a CPU without AVX-512: PyTorch restricted to AVX2 kernels (cvlab.utils.AVX2_ENV)")
-    args = parser.parse_args()
-    if args.avx2:
-        rerun_with_avx2_kernels()
+    args = parse_args(parser)
 
     base, weights = pretrained("mobilenet_v2", verbose=False)
     base = base.to(memory_format=torch.channels_last)

@@ -30,11 +30,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from _common import parse_args
 from cvlab.datasets import fashion_mnist
 from cvlab.loaders import fashion_mnist_loaders
 from cvlab.models import build_model
 from cvlab.training import evaluate, fit
-from cvlab.utils import cpu_info, get_device, rerun_with_avx2_kernels, set_seed
+from cvlab.utils import cpu_info, get_device, set_seed
 
 EPOCHS, BATCH_SIZE, LR, SEED = 3, 32, 1e-3, 0
 
@@ -95,11 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=1, help="run each triple this many times")
     parser.add_argument("--models", nargs="+", default=["model_0", "TinyVGG"])
-    parser.add_argument("--avx2", action="store_true",
-                        help="time as on a CPU without AVX-512: PyTorch restricted to AVX2 kernels (cvlab.utils.AVX2_ENV)")
-    args = parser.parse_args()
-    if args.avx2:
-        rerun_with_avx2_kernels()
+    args = parse_args(parser)
     device = get_device()
     print(f"device {device}; CPU: {cpu_info()}; torch {torch.__version__}")
     print(f"{EPOCHS} epochs, batch {BATCH_SIZE}, Adam lr {LR}, seed {SEED}; seconds of training, test accuracy %\n")

@@ -23,10 +23,11 @@ import time
 import torch
 from torch import nn
 
+from _common import parse_args
 from cvlab.loaders import fashion_mnist_loaders
 from cvlab.models import CompactCNN, count_parameters
 from cvlab.training import evaluate, train_one_epoch
-from cvlab.utils import cpu_has_bf16, cpu_info, get_device, rerun_with_avx2_kernels, set_seed
+from cvlab.utils import cpu_has_bf16, cpu_info, get_device, set_seed
 
 THRESHOLDS = (90.0, 92.0, 93.0)
 
@@ -84,11 +85,7 @@ def main() -> None:
                         help="bfloat16 autocast: 'auto' uses it on CUDA and on CPUs with AMX/AVX-512 BF16 only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--avx2", action="store_true",
-                        help="time as on a CPU without AVX-512: PyTorch restricted to AVX2 kernels (cvlab.utils.AVX2_ENV)")
-    args = parser.parse_args()
-    if args.avx2:
-        rerun_with_avx2_kernels()
+    args = parse_args(parser)
     device = get_device()
     args.bf16 = args.amp == "bf16" or (args.amp == "auto" and (device.type == "cuda" or cpu_has_bf16()))
     print(f"device {device}; CPU: {cpu_info()}; torch {torch.__version__}")

@@ -26,10 +26,11 @@ import time
 
 import torch
 
+from _common import LESSON_SCENES, parse_args
 from cvlab.detection import evaluate, train_one_epoch
 from cvlab.detectors import fcos_mobilenet_v2, mobilenet_v2_backbone
 from cvlab.scenes import fashion_mnist_scenes, scene_loader
-from cvlab.utils import cpu_info, rerun_with_avx2_kernels, set_seed
+from cvlab.utils import cpu_info, set_seed
 
 THRESHOLDS = (0.5, 0.8, 0.9)
 
@@ -64,17 +65,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--family", choices=("fcos", "retinanet", "fasterrcnn"), default="fcos")
     parser.add_argument("--record", help="append this run's result row to a JSON-lines file")
-    parser.add_argument("--avx2", action="store_true",
-                        help="time as on a CPU without AVX-512: PyTorch restricted to AVX2 kernels (cvlab.utils.AVX2_ENV)")
-    args = parser.parse_args()
-    if args.avx2:
-        rerun_with_avx2_kernels()
+    args = parse_args(parser)
 
     print(f"CPU: {cpu_info()}; torch {torch.__version__}")
-    scene = dict(size=96, min_items=1, max_items=3, scale=(24, 48))
     t0 = time.perf_counter()
-    train = fashion_mnist_scenes("train", args.train_scenes, seed=args.seed, **scene)
-    test = fashion_mnist_scenes("test", args.test_scenes, seed=args.seed + 1, **scene)
+    train = fashion_mnist_scenes("train", args.train_scenes, seed=args.seed, **LESSON_SCENES)
+    test = fashion_mnist_scenes("test", args.test_scenes, seed=args.seed + 1, **LESSON_SCENES)
     print(f"{len(train)} training and {len(test)} test scenes made in {time.perf_counter() - t0:.1f} s")
 
     set_seed(args.seed)

@@ -23,10 +23,11 @@ import time
 import torch
 from torch import nn
 
+from _common import LESSON_SCENES, parse_args
 from cvlab.scenes import SCENE_CLASSES, fashion_mnist_scenes
 from cvlab.segmentation import dice_loss, evaluate, segmentation_tensors, train_one_epoch
 from cvlab.segmenters import UNet, lraspp_mobilenet_v2
-from cvlab.utils import cpu_info, rerun_with_avx2_kernels, set_seed
+from cvlab.utils import cpu_info, set_seed
 
 THRESHOLDS = (0.5, 0.7, 0.8)
 
@@ -46,19 +47,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", help="append this run's result row to a JSON-lines file (lesson 07 reads "
                                          "benchmarks/results/segmentation_models.jsonl)")
-    parser.add_argument("--avx2", action="store_true",
-                        help="time as on a CPU without AVX-512: PyTorch restricted to AVX2 kernels (cvlab.utils.AVX2_ENV)")
-    args = parser.parse_args()
-    if args.avx2:
-        rerun_with_avx2_kernels()
+    args = parse_args(parser)
 
     print(f"CPU: {cpu_info()}; torch {torch.__version__}")
-    scene = dict(size=96, min_items=1, max_items=3, scale=(24, 48))
     t0 = time.perf_counter()
     pretrained = args.model == "lraspp"
-    train = segmentation_tensors(fashion_mnist_scenes("train", args.train_scenes, seed=args.seed, **scene),
+    train = segmentation_tensors(fashion_mnist_scenes("train", args.train_scenes, seed=args.seed, **LESSON_SCENES),
                                  imagenet_normalize=pretrained)
-    test = segmentation_tensors(fashion_mnist_scenes("test", args.test_scenes, seed=args.seed + 1, **scene),
+    test = segmentation_tensors(fashion_mnist_scenes("test", args.test_scenes, seed=args.seed + 1, **LESSON_SCENES),
                                 imagenet_normalize=pretrained)
     print(f"{len(train[0])} training and {len(test[0])} test scenes made in {time.perf_counter() - t0:.1f} s; "
           f"background pixels {float((train[1] == 0).float().mean()) * 100:.0f} %")

@@ -17,8 +17,9 @@ from typing import Iterable, Sequence
 import torch
 
 from .images import IMAGE_EXTENSIONS, open_image
+from .metrics import predict
 from .transforms import eval_transforms
-from .utils import get_device, model_mode, progress_bar
+from .utils import progress_bar
 
 __all__ = ["image_files", "predict_files", "write_predictions"]
 
@@ -75,30 +76,32 @@ def predict_files(model: torch.nn.Module, checkpoint: dict, paths: Sequence[Path
         raise ValueError(f"k and batch_size must be >= 1, got {k} and {batch_size}")
     k = min(k, len(names))
     transform = eval_transforms(pre["image_size"], pre["mean"], pre["std"], channels=pre["channels"])
-    device = get_device(device)
-    rows, bad, batch, files = [], [], [], []
+    bad: list[tuple[Path, str]] = []
 
-    def flush():
-        with torch.no_grad():
-            probs = model(torch.stack(batch).to(device)).softmax(1).cpu()
-        top = probs.topk(k, dim=1)
-        for path, p, i in zip(files, top.values.tolist(), top.indices.tolist()):
-            rows.append({"file": str(path), "classes": [names[j] for j in i], "probs": p})
-        batch.clear()
-        files.clear()
-
-    with model_mode(model.to(device), False):
-        for path in progress_bar(paths, desc="predict", enabled=progress):
+    def batches():  # (images, their indices in paths), streamed: a large folder never sits in memory
+        images, indices = [], []
+        for index, path in enumerate(progress_bar(paths, desc="predict", enabled=progress)):
             try:
-                batch.append(transform(open_image(path, "RGB")))
+                images.append(transform(open_image(path, "RGB")))
             except (ValueError, OSError) as exc:
                 bad.append((Path(path), " ".join(str(exc).split())))
                 continue
-            files.append(path)
-            if len(batch) == batch_size:
-                flush()
-        if batch:
-            flush()
+            indices.append(index)
+            if len(images) == batch_size:
+                yield torch.stack(images), torch.tensor(indices)
+                images, indices = [], []
+        if images:
+            yield torch.stack(images), torch.tensor(indices)
+
+    try:
+        probs, indices = predict(model, batches(), device)
+    except ValueError:
+        if len(bad) < len(paths):  # the model's error, not "no file could be read"
+            raise
+        return [], bad
+    top = probs.topk(k, dim=1)
+    rows = [{"file": str(paths[i]), "classes": [names[j] for j in c], "probs": p}
+            for i, c, p in zip(indices.tolist(), top.indices.tolist(), top.values.tolist())]
     return rows, bad
 
 

@@ -19,7 +19,7 @@ from .images import images_to_numpy
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 from .utils import get_device, model_mode, progress_bar
 
-__all__ = ["IGNORE_INDEX", "check_mask", "class_colors", "dice_loss", "draw_mask",
+__all__ = ["IGNORE_INDEX", "check_mask", "class_colors", "dice_loss", "draw_errors", "draw_mask",
            "error_mask", "evaluate", "plot_segmentation", "predict_masks", "segmentation_tensors", "semantic_mask",
            "train_one_epoch"]
 
@@ -236,6 +236,17 @@ def error_mask(prediction: torch.Tensor, target: torch.Tensor, *, ignore_index: 
     return (prediction != target) & (target != ignore_index)
 
 
+#: the colour of wrong pixels in error maps (RGB)
+ERROR_COLOR = (230, 30, 30)
+
+
+def draw_errors(image, prediction: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.8) -> torch.Tensor:
+    """The wrong pixels (``error_mask``) painted in ``ERROR_COLOR`` over the image: uint8 (3, H, W).
+    Raises as ``error_mask`` and ``draw_mask``."""
+    wrong = error_mask(prediction, target)
+    return draw_mask(image, wrong.long(), 2, alpha=alpha, colors=[(0, 0, 0), ERROR_COLOR])
+
+
 @torch.no_grad()
 def predict_masks(model: nn.Module, images: torch.Tensor, *, batch_size: int = 100,
                   device: torch.device | str | None = None) -> torch.Tensor:
@@ -274,9 +285,9 @@ def plot_segmentation(images, targets: torch.Tensor, predictions: torch.Tensor |
         axes[0, j].imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
         for i, (name, masks) in enumerate(rows, start=1):
             if name == "errors":
-                wrong = error_mask(predictions[j], targets[j])
-                drawn = draw_mask(images[j], wrong.long(), 2, alpha=0.8, colors=[(0, 0, 0), (230, 30, 30)])
-                axes[i, j].set_title(f"{float(wrong.float().mean()) * 100:.1f} % wrong", fontsize=8)
+                drawn = draw_errors(images[j], predictions[j], targets[j])
+                wrong = float(error_mask(predictions[j], targets[j]).float().mean())
+                axes[i, j].set_title(f"{wrong * 100:.1f} % wrong", fontsize=8)
             else:
                 drawn = draw_mask(images[j], masks[j], k, alpha=alpha, colors=colors)
             axes[i, j].imshow(drawn.permute(1, 2, 0).numpy())

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .pretrained import pretrained
+from .segmentation import _logits
 from .transfer import FrozenPrefix
 
 __all__ = ["ImageRefinement", "UNet", "lraspp_mobilenet_v2"]
@@ -107,8 +108,7 @@ class ImageRefinement(nn.Module):
             nn.ReLU(inplace=True), nn.Conv2d(channels, num_classes, 1))
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        out = self.model(x)
-        logits = out["out"] if isinstance(out, dict) else out
+        logits = _logits(self.model(x))
         return OrderedDict(out=logits + self.refine(torch.cat([logits, x], dim=1)))
 
 

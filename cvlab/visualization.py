@@ -25,6 +25,13 @@ __all__ = ["draw_detections", "overlay_heatmap", "plot_confusion_matrix", "plot_
 TP_COLOR, FP_COLOR, MISS_COLOR = "lime", "red", "orange"
 
 
+def _one_each(n: int, things: str, thing: str, **sequences) -> None:
+    """ValueError unless every given sequence has one entry per thing (n of them); None is skipped."""
+    for name, seq in sequences.items():
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{n} {things} but {len(seq)} {name}: give one per {thing}")
+
+
 def _grid(n: int, ncols: int, size: float) -> tuple[Figure, np.ndarray]:
     ncols = max(1, min(ncols, n))
     nrows = -(-n // ncols)
@@ -56,9 +63,7 @@ def show_images(images, labels: Sequence[int] | torch.Tensor | None = None,
     """
     arr = images_to_numpy(images, normalize=normalize)
     n = len(arr)
-    for name, seq in (("labels", labels), ("titles", titles)):
-        if seq is not None and len(seq) != n:
-            raise ValueError(f"{n} images but {len(seq)} {name}: give one per image")
+    _one_each(n, "images", "image", labels=labels, titles=titles)
     fig, axes = _grid(n, ncols, size)
     for i, ax in enumerate(axes.flat[:n]):
         img = arr[i]
@@ -306,9 +311,7 @@ def draw_detections(image, boxes, labels=None, class_names: Sequence[str] | None
     if img.shape[0] == 1:
         img = img.repeat(3, 1, 1)
     boxes = torch.as_tensor(boxes).as_subclass(torch.Tensor).float().reshape(-1, 4)
-    for name, seq in (("labels", labels), ("scores", scores)):
-        if seq is not None and len(seq) != len(boxes):
-            raise ValueError(f"{len(boxes)} boxes but {len(seq)} {name}: give one per box")
+    _one_each(len(boxes), "boxes", "box", labels=labels, scores=scores)
     if len(boxes) == 0:  # nothing to draw (torchvision would warn)
         return img
     captions = None
@@ -346,9 +349,7 @@ def plot_detections(images, predictions: Sequence[dict] | None = None, targets: 
         ValueError: predictions or targets not one per image.
     """
     n = len(images)
-    for name, seq in (("predictions", predictions), ("targets", targets)):
-        if seq is not None and len(seq) != n:
-            raise ValueError(f"{n} images but {len(seq)} {name}: give one per image")
+    _one_each(n, "images", "image", predictions=predictions, targets=targets)
     fig, axes = _grid(n, ncols, size)
     for i, ax in enumerate(axes.flat[:n]):
         pred = filter_detections(predictions[i], score_threshold) if predictions is not None else None

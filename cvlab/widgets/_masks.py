@@ -7,7 +7,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import torch
 
-from ..segmentation import class_colors, draw_mask, error_mask
+from ..segmentation import class_colors, draw_errors, draw_mask
 from ._snapshot import snapshot_box
 
 VIEWS = ("prediction", "truth", "errors")
@@ -57,8 +57,7 @@ class MaskExplorer:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
         image = self.images[index]
         if view == "errors":
-            wrong = error_mask(self.predictions[index], self.targets[index])
-            return draw_mask(image, wrong.long(), 2, alpha=alpha, colors=[(0, 0, 0), (230, 30, 30)])
+            return draw_errors(image, self.predictions[index], self.targets[index], alpha=alpha)
         mask = (self.predictions if view == "prediction" else self.targets)[index]
         return draw_mask(image, mask, len(self.class_names), alpha=alpha, classes=classes, colors=self.colors)
 
