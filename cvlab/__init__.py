@@ -4,6 +4,7 @@ One module per job, named after the lesson topic it serves; imports point down o
 
     images          reading files, sample photos, format conversions   (the ground floor, with utils)
     utils           seeding, device choice, CPU features, progress bars, hashes, the lesson result line
+    exercises       the feedback of the lessons' checked exercises (nbgrader check cells)
     datasets        Fashion-MNIST (checked by sha256), image folders, class statistics
     video           reading video frames and frame annotations with OpenCV, the sample video's folder
     scenes          detection/segmentation scenes with exact labels from Fashion-MNIST items, COCO files
