@@ -10,6 +10,9 @@ Usage (from the folder this file is in; any Python >= 3.10 starts it):
                                    every notebook (this is what CI runs)
     python course.py regenerate    set up, then re-execute the committed notebooks in place
                                    (name parts select some: python course.py regenerate 01 02)
+    python course.py student       set up, then make the student versions of the lessons with nbgrader
+                                   (solutions removed, checks kept) in classroom/student/ (README,
+                                   "For teachers"); name parts select some: python course.py student 00
     python course.py setup         only the set-up
     python course.py --avx2 ...    run lab, test, regenerate or --headless as on a laptop CPU
                                    without AVX-512: PyTorch restricted to AVX2 kernels (avx2_env)
@@ -81,6 +84,19 @@ LOCK_COMMAND = ["uv", "pip", "compile", "pyproject.toml", "--extra", "test", "--
 LOCK_NOTE = ("#    (run by `python course.py lock`; `python course.py lock --upgrade` takes newer "
              "versions,\n#    re-installs the environment from this file and regenerates the notebooks)\n")
 CELL_TIMEOUT_S = 900
+#: where ``python course.py student`` builds the nbgrader course folder (git ignores it)
+CLASSROOM = ROOT / "classroom"
+#: what replaces a solution (the lines from ``### BEGIN SOLUTION`` to ``### END SOLUTION``) in the student
+#: version: valid Python both at the top of a cell and as a function's body, so that the starter runs and
+#: the check cell, not the solution cell, tells the learner what is missing (nbgrader's default stub
+#: raises NotImplementedError)
+SOLUTION_STUB = "# YOUR CODE HERE\npass"
+NBGRADER_CONFIG = f"""# nbgrader's settings for the cvlab course (written by `python course.py student`).
+# Run nbgrader's commands in this folder: nbgrader release_assignment, collect, autograde, generate_feedback.
+c = get_config()  # noqa: F821
+c.CourseDirectory.course_id = "cvlab"
+c.ClearSolutions.code_stub = {{"python": {SOLUTION_STUB!r}}}
+"""
 
 
 def avx2_env() -> dict[str, str]:
@@ -523,20 +539,59 @@ def execute_notebooks(out_dir: Path | None, only: list[str] | None = None, *, re
     return failures
 
 
+def make_student_versions(only: list[str] | None = None, classroom: Path = CLASSROOM) -> list[Path]:
+    """Make the student version of every lesson (or of those whose name contains one of ``only``) with
+    nbgrader's ``generate_assignment``: solutions replaced by ``SOLUTION_STUB``, outputs cleared, check
+    cells locked and checksummed (so that ``nbgrader autograde`` restores them), one assignment a lesson.
+
+    ``classroom`` becomes an nbgrader course folder: ``nbgrader_config.py``, ``source/<lesson>/``
+    (the instructor versions), ``release/<lesson>/`` (nbgrader's student versions), ``gradebook.db``,
+    and ``student/`` with every student notebook in one folder to hand out. Returns the files in
+    ``student/``. Raises RuntimeError with nbgrader's log when it rejects a notebook.
+    """
+    import shutil
+
+    from nbgrader.apps import NbGraderAPI
+    from traitlets.config import Config
+
+    scripts = str(Path(sys.executable).parent)  # nbgrader runs `alembic` to make its gradebook: find it
+    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+    (classroom / "student").mkdir(parents=True, exist_ok=True)
+    (classroom / "nbgrader_config.py").write_text(NBGRADER_CONFIG, encoding="utf-8")
+    config = Config()
+    config.CourseDirectory.root = str(classroom)
+    config.CourseDirectory.course_id = "cvlab"
+    config.ClearSolutions.code_stub = {"python": SOLUTION_STUB}
+    api = NbGraderAPI(config=config)
+    made = []
+    for path in notebook_paths(only):
+        source = classroom / "source" / path.stem
+        source.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, source / path.name)
+        result = api.generate_assignment(path.stem, force=True, create=True)
+        if not result["success"]:
+            raise RuntimeError(f"nbgrader could not make the student version of {path.name}:\n{result['log']}")
+        made.append(classroom / "student" / path.name)
+        shutil.copyfile(classroom / "release" / path.stem / path.name, made[-1])
+    return made
+
+
 #: every command of ``python course.py`` with its one-line help (``--help`` prints them in this order)
 COMMANDS = {
     "lab": "(default) set up, then open the course in JupyterLab (--headless: run every notebook)",
     "test": "set up, then run the unit tests and nbval over every notebook (CI); other args go to pytest",
     "regenerate": "set up, then re-execute the notebooks in place (name parts pick some: regenerate 01 02)",
+    "student": "set up, then make the student versions (solutions removed, checks kept) in classroom/ with nbgrader",
     "setup": "only the set-up: .venv from requirements.lock, then data and weights (idempotent)",
     "lock": "re-compile requirements.lock from pyproject.toml (--upgrade: newest); re-install on change",
 }
-HIDDEN_COMMANDS = ("_execute",)  # the notebook runner, started inside the environment
+HIDDEN_COMMANDS = ("_execute", "_student")  # the notebook runner, started inside the environment
 # options that only mean something with some commands
 OPTION_COMMANDS = {"headless": ("lab",), "upgrade": ("lock",), "no_regenerate": ("lock",),
                    "in_place": ("_execute",), "avx2": ("lab", "test", "regenerate"),
                    "record_times": ("lab", "regenerate", "_execute")}
-EXTRA_COMMANDS = ("test", "regenerate", "_execute")  # (and lab with --headless)
+EXTRA_COMMANDS = ("test", "regenerate", "_execute", "student", "_student")  # (and lab with --headless)
 
 
 def help_epilog() -> str:
@@ -577,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "header and the README's table (the AVX2 column with --avx2)")
     parser.add_argument("--in-place", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("extra", nargs="*", default=[],
-                        help="with 'test': extra arguments for pytest; with 'regenerate' or "
+                        help="with 'test': extra arguments for pytest; with 'regenerate', 'student' or "
                              "--headless: run only notebooks whose name contains one of these")
     return parser
 
@@ -603,7 +658,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     takes_extra = args.command in EXTRA_COMMANDS or (args.command == "lab" and args.headless)
     if args.extra and not takes_extra:
         parser.error(f"{args.command!r} takes no further arguments, got: {' '.join(args.extra)} "
-                     "(notebook names go with regenerate or --headless, pytest options with test)")
+                     "(notebook names go with regenerate, student or --headless, pytest options with test)")
     return args
 
 
@@ -629,6 +684,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "_execute":  # inside the environment
         out = None if args.in_place else ROOT / "build" / "executed"
         return 1 if execute_notebooks(out, args.extra, record_times=args.record_times) else 0
+
+    if args.command == "_student":  # inside the environment
+        made = make_student_versions(args.extra)
+        print(f"\nstudent notebooks: {len(made)}, in {show_path(CLASSROOM / 'student')}/ (solutions removed, checks kept); "
+              f"the nbgrader course folder is {show_path(CLASSROOM)}/ (README, 'For teachers')")
+        return 0
 
     if args.command == "lock":
         if not compile_lock(args.upgrade):
@@ -657,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
                "--nbval-current-env", f"--nbval-cell-timeout={CELL_TIMEOUT_S}", *args.extra]
         log("running the unit tests and nbval over every notebook: " + " ".join(cmd[1:]))
         return subprocess.run(cmd, cwd=ROOT).returncode
+    if args.command == "student":
+        return subprocess.run([str(python), __file__, "_student", *args.extra], cwd=ROOT).returncode
     record = ["--record-times"] if args.record_times else []
     if args.command == "regenerate":
         return subprocess.run([str(python), __file__, "_execute", "--in-place", *record, *args.extra],

@@ -44,7 +44,8 @@ def test_lesson_shape(path):
     assert "## Summary" in markdown
     exercises = markdown.split("## Exercises", 1)
     assert len(exercises) == 2, "an Exercises section ends every lesson"
-    assert 3 <= len(re.findall(r"^\d+\. ", exercises[1], flags=re.M)) <= 5, "3-5 exercises"
+    assert 3 <= len(re.findall(r"^### Exercise \d+ · ", exercises[1], flags=re.M)) <= 5, \
+        "3-5 checked exercises (tests/test_exercises.py checks their nbgrader markup)"
     sources = "\n".join("".join(c["source"]) for c in code)
     assert sources.count("assert ") >= 3, "cells assert what they teach, so that nbval tests it"
     assert "key_result(" in sources, "the course run reports each lesson's key result"
