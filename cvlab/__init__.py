@@ -6,7 +6,7 @@ One module per job, named after the lesson topic it serves; imports point down o
     utils           seeding, device choice, CPU features, progress bars, hashes, the lesson result line
     exercises       the feedback of the lessons' checked exercises (nbgrader check cells)
     datasets        Fashion-MNIST (checked by sha256), image folders, class statistics
-    video           reading video frames and frame annotations with OpenCV, the sample video's folder
+    video           video with OpenCV: frames as tensors, writing, cameras, stage timing; BGR <-> tensor
     scenes          detection/segmentation scenes with exact labels from Fashion-MNIST items, COCO files
     loaders         InMemoryLoader, make_loader (the one DataLoader recipe), balanced_sampler
     transforms      transforms.v2 presets, normalisation, pretrained preprocessing

@@ -77,3 +77,82 @@ def test_bad_annotation_files_are_named(tmp_path):
                                                                   "category_id": 1}]}))
     with pytest.raises(ValueError, match="names image 2"):
         read_video_annotations(tmp_path / "b.json")
+
+
+def test_opencv_and_tensor_layouts_round_trip():
+    from cvlab.video import bgr_to_tensor, tensor_to_bgr
+
+    rgb = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8)
+    bgr = tensor_to_bgr(rgb)
+    assert bgr.shape == (5, 7, 3) and bgr.flags["C_CONTIGUOUS"] and (bgr[..., 0] == rgb[2].numpy()).all()
+    assert torch.equal(bgr_to_tensor(bgr), rgb)
+    assert np.array_equal(tensor_to_bgr(rgb.float() / 255), bgr)
+    with pytest.raises(ValueError, match="cv2.imread returns None"):
+        bgr_to_tensor(None)
+    with pytest.raises(ValueError, match="a batch"):
+        tensor_to_bgr(rgb[None])
+    with pytest.raises(ValueError, match="normalisation"):
+        tensor_to_bgr(rgb.float())
+
+
+def test_iter_frames_streams_in_order_and_names_empty_videos(tiny_video, tmp_path):
+    from cvlab.video import iter_frames
+
+    got = list(iter_frames(tiny_video, step=2))
+    assert [i for i, _ in got] == [0, 2, 4] and got[1][1].shape == (3, 24, 32)
+    assert [i for i, _ in iter_frames(tiny_video, stop=3, bgr=True)] == [0, 1, 2]
+    empty = tmp_path / "empty.avi"
+    empty.write_bytes(b"RIFF\x00\x00\x00\x00AVI ")
+    with pytest.raises(ValueError):
+        next(iter_frames(empty))
+    with pytest.raises(FileNotFoundError, match="no video"):
+        next(iter_frames(tmp_path / "missing.mp4"))
+
+
+def test_video_writer_writes_whole_files_only(tiny_video, tmp_path):
+    from cvlab.video import VideoWriter, iter_frames, video_info
+
+    out = tmp_path / "copy.mp4"
+    with VideoWriter(out, fps=5, size=(32, 24)) as writer:
+        for _, frame in iter_frames(tiny_video):
+            writer.write(frame)
+    info = video_info(out)
+    assert (info.frames, info.width, info.height) == (6, 32, 24)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        VideoWriter(out, fps=5, size=(32, 24))
+    broken = tmp_path / "broken.mp4"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with VideoWriter(broken, fps=5, size=(32, 24)) as writer:
+            writer.write(torch.zeros(3, 24, 32, dtype=torch.uint8))
+            raise RuntimeError("interrupted")
+    assert not broken.exists() and not list(tmp_path.glob(".*partial*")), "no half-written video is left"
+    with pytest.raises(ValueError, match="32x24"):
+        with VideoWriter(tmp_path / "wrong.avi", fps=5, size=(32, 24)) as writer:
+            writer.write(torch.zeros(3, 10, 10, dtype=torch.uint8))
+
+
+def test_no_camera_says_so():
+    from cvlab.video import open_camera
+
+    with pytest.raises(RuntimeError, match="no camera at index 7"):
+        open_camera(7)
+
+
+def test_stage_timer_gives_ms_per_frame_and_fps(monkeypatch):
+    import cvlab.video as video
+
+    clock = iter([0.0, 0.002, 0.002, 0.006] * 3)  # decode takes 2 ms, model 4 ms, each frame
+    monkeypatch.setattr(video.time, "perf_counter", lambda: next(clock))
+    timer = video.StageTimer()
+    with pytest.raises(ValueError, match="frame_done"):
+        timer.summary()
+    for _ in range(3):
+        with timer.stage("decode"):
+            pass
+        with timer.stage("model"):
+            pass
+        timer.frame_done()
+    summary = timer.summary()
+    assert list(summary) == ["decode", "model", "total", "fps"]
+    assert summary["decode"] == pytest.approx(2) and summary["model"] == pytest.approx(4)
+    assert summary["total"] == pytest.approx(6) and summary["fps"] == pytest.approx(1000 / 6)
