@@ -311,8 +311,14 @@ def open_camera(index: int = 0):
     """
     import cv2
 
-    capture = cv2.VideoCapture(int(index))
-    if not capture.isOpened() or not capture.read()[0]:
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(0)  # silent: OpenCV's own warnings (on the C stderr) say less than the error below
+    try:
+        capture = cv2.VideoCapture(int(index))
+        works = capture.isOpened() and capture.read()[0]
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if not works:
         capture.release()
         raise RuntimeError(f"no camera at index {index}: this machine has none (a server or a container), another "
                            "program holds it, or access was refused. Run the same loop on a video file instead "
