@@ -11,9 +11,11 @@ One module per job, named after the lesson topic it serves; imports point down o
     loaders         InMemoryLoader, make_loader (the one DataLoader recipe), balanced_sampler
     transforms      transforms.v2 presets, normalisation, pretrained preprocessing
     checkpoints     atomic save / safe load of models and training states
+    distributed     several processes (torchrun): process group, DDP wrapping, data shares, metrics reduced over ranks
     models          the course's architectures, build / load by name, find_layer
     pretrained      torchvision's pretrained classifiers, offline where cached; the model zoo
     transfer        new heads, freezing, parameter groups, feature caching
+    backbones       pretrained backbones for cvlab train: ImageNet weights, new head, freezing, staged unfreezing
     losses          FocalLoss
     history         History (per-epoch records), EarlyStopping, the divergence rule, TrainingDiverged/Interrupted
     schedules       learning-rate schedulers or factories (optimizer, total_steps), rebuilt for longer runs
@@ -28,11 +30,15 @@ One module per job, named after the lesson topic it serves; imports point down o
     experiments     train_and_evaluate, results_table: fair model comparisons
     visualization   plots that return their Figure
     interpretation  GradCAM, saliency, occlusion, randomize_layers
+    latency         batch-1 latency on this CPU, GFLOPS, the latency-vs-accuracy table of architectures (lesson 09)
+    deployment      TorchScript, torch.export and ONNX export, ONNX Runtime serving, parity vs eager (lesson 09)
+    quantization    int8 post-training quantization, dynamic and static, with torch.ao and ONNX Runtime (lesson 09)
     widgets         ipywidgets explorers whose logic is testable without a browser
     provisioning    puts data and weights in place (python course.py setup); never imported by the above
     runs            run folders of the command line: fresh, never over another run
     inference       batch prediction on image files with a training checkpoint (python -m cvlab predict)
     cli             the command line's options and their checks (python -m cvlab runs it)
+    train_command   python -m cvlab train: data, model, optimizer, fit and report, on one process or several
 
 The contract every public function follows:
 

@@ -9,7 +9,9 @@
 ``train`` is the lessons' training loop as a script, as torchvision's reference
 ``train.py`` is for theirs: it prints a progress bar per epoch and a final report, writes
 ``best.pt``, ``last.pt`` and ``history.json`` to a run folder, and resumes from ``last.pt``
-with ``--resume``.
+with ``--resume`` (``cvlab.train_command``). ``--model mobilenet_v2`` fine-tunes ImageNet weights
+(``cvlab.backbones``); ``torchrun --nproc-per-node N -m cvlab train ...`` trains on N processes with
+DistributedDataParallel (``cvlab.distributed``).
 
 Runs never overwrite each other: without ``--output-dir`` every run gets a fresh folder
 ``<data root>/runs/<model>-<dataset>-<YYYYmmdd-HHMMSS>``; an ``--output-dir`` that already holds
@@ -24,184 +26,16 @@ diverged, no epoch finished); 2 a bad command line, found before anything is tra
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
 
-from .cli import (EXIT_FAILED, EXIT_INTERRUPTED, _BadArgument, _check_batch_size, _check_resume_fits, _check_train_args,
-                  _output_dir, build_parser, check_detector_args)
-from .runs import dataset_name, folder_problem
-
-
-def _loaders(args):
-    """(train_loader, val_loader, class_names, model input description) for the chosen data."""
-    import torch
-
-    from . import datasets, loaders, transforms
-
-    if args.data_dir is None:
-        size, channels = args.image_size or 28, args.channels or 1
-        if args.augment == "none" and size == 28 and channels == 1:
-            train_loader, val_loader = loaders.fashion_mnist_loaders(args.batch_size, seed=args.seed,
-                                                                     train_limit=args.train_limit)
-            return train_loader, val_loader, list(datasets.FASHION_MNIST_CLASSES), {
-                "image_size": 28, "channels": 1, "mean": [0.0], "std": [1.0], "dataset": "fashion-mnist"}
-        mean, std = (transforms.FASHION_MNIST_MEAN * channels)[:channels], (transforms.FASHION_MNIST_STD * channels)[:channels]
-        train_ds = datasets.fashion_mnist("train", transform=transforms.train_transforms(size, mean, std, args.augment, channels=channels))
-        val_ds = datasets.fashion_mnist("test", transform=transforms.eval_transforms(size, mean, std, channels=channels))
-        names, dataset = list(datasets.FASHION_MNIST_CLASSES), "fashion-mnist"
-    else:
-        size, channels = args.image_size or 64, args.channels or 3
-        if channels == 3:
-            mean, std = transforms.IMAGENET_MEAN, transforms.IMAGENET_STD
-        else:
-            mean, std = (0.5,), (0.25,)
-        try:
-            train_ds = datasets.image_folder(args.data_dir / "train", transforms.train_transforms(size, mean, std, args.augment, channels=channels))
-            val_ds = datasets.image_folder(args.data_dir / "val", transforms.eval_transforms(size, mean, std, channels=channels))
-        except datasets.DatasetNotFoundError as exc:  # the folder the command line names holds no usable images
-            raise _BadArgument("--data-dir", " ".join(str(exc).split())) from None
-        if train_ds.classes != val_ds.classes:
-            raise _BadArgument("--data-dir", f"train/ and val/ hold different classes: {train_ds.classes} vs "
-                                             f"{val_ds.classes}; give both the same class folders")
-        names, dataset = list(train_ds.classes), dataset_name(args.data_dir)
-        if args.train_limit is not None and args.train_limit > len(train_ds):
-            raise _BadArgument("--train-limit", f"{args.data_dir / 'train'} has {len(train_ds):,} images, "
-                                                f"got {args.train_limit}: use at most {len(train_ds)} (or leave "
-                                                "--train-limit out for all of them)")
-        _check_batch_size(args, min(len(train_ds), args.train_limit or len(train_ds)))
-    if args.train_limit is not None:
-        train_ds = torch.utils.data.Subset(train_ds, range(min(args.train_limit, len(train_ds))))
-    train_loader = loaders.make_loader(train_ds, args.batch_size, shuffle=True, seed=args.seed,
-                                       num_workers=args.num_workers)
-    val_loader = loaders.make_loader(val_ds, args.batch_size, num_workers=args.num_workers)
-    return train_loader, val_loader, names, {"image_size": size, "channels": channels, "mean": list(mean),
-                                             "std": list(std), "dataset": dataset}
-
-
-
-def _write_history(out: Path, history, args) -> None:
-    """``history.json``: the finished epochs' records, how the run ended, and its arguments."""
-    if history is None:
-        return
-    (out / "history.json").write_text(json.dumps({
-        "records": history.records, "interrupted": history.interrupted, "stopped_early": history.stopped_early,
-        "diverged": getattr(history, "diverged", False),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}, indent=1))
-
-
-def train_command(args) -> int:
-    """Run ``cvlab train`` on parsed arguments; returns the exit status (see the module docstring).
-
-    Raises:
-        _BadArgument: a command-line value that cannot work here (``main`` turns it into exit 2).
-    """
-    import torch
-
-    from . import models, utils
-    from .datasets import CorruptDatasetError, DatasetNotFoundError
-
-    ckpt = _check_train_args(args)
-    try:
-        train_loader, val_loader, class_names, inputs = _loaders(args)
-    except (DatasetNotFoundError, CorruptDatasetError) as exc:
-        print(f"cvlab train: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_FAILED
-    size, channels = inputs["image_size"], inputs["channels"]
-    kwargs = ({"in_features": channels * size * size, "num_classes": len(class_names)}
-              if args.model in ("LinearModel", "MLP") else
-              {"in_channels": channels, "num_classes": len(class_names), "image_size": size})
-    if ckpt is not None:
-        _check_resume_fits(ckpt, args.resume, kwargs, class_names)
-    utils.set_seed(args.seed)  # before the model is built, so its initial weights repeat
-    try:
-        model = models.build_model(args.model, **kwargs)
-    except ValueError as exc:
-        raise _BadArgument("--image-size", f"cannot build {args.model} for {size}x{size} images: {exc}") from None
-    if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    elif args.optimizer == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler
-    # factories (optimizer, total_steps) -> scheduler: fit passes the number of steps it will take
-    scheduler, step = {
-        "onecycle": (lambda opt, n: sched.OneCycleLR(opt, args.lr, total_steps=n), "batch"),
-        "cosine": (lambda opt, n: sched.CosineAnnealingLR(opt, T_max=n), "epoch"),
-        "step": (lambda opt, n: sched.StepLR(opt, step_size=max(1, n // 3), gamma=0.1), "epoch"),
-        "plateau": (lambda opt, n: sched.ReduceLROnPlateau(opt, factor=0.3, patience=1), "epoch"),
-        "none": (None, "batch"),
-    }[args.scheduler]
-    device = utils.get_device(args.device)  # checked by _check_train_args
-    made = ((args.output_dir is None and args.resume is None)  # a fresh run folder
-            or (args.output_dir is not None and not args.output_dir.exists()))
-    out, verb = _output_dir(args)
-    print(f"cvlab train: {verb} {out}", flush=True)
-    epochs = f"{args.epochs} epoch{'s' * (args.epochs != 1)}"
-    print(f"cvlab train: {args.model} ({models.count_parameters(model):,} parameters) on {inputs['dataset']} "
-          f"({len(class_names)} classes, {size}x{size}x{channels}), {epochs} on {device}", flush=True)
-    code = _train(args, model, optimizer, scheduler, step, device, train_loader, val_loader, class_names, inputs,
-                  kwargs, out)
-    if code == EXIT_FAILED and made and not any(out.iterdir()):
-        out.rmdir()  # a run folder made by this run, which nothing was written to
-    return code
-
-
-
-def _train(args, model, optimizer, scheduler, step, device, train_loader, val_loader, class_names, inputs,
-           kwargs, out: Path) -> int:
-    """fit, then the report; returns the exit status."""
-    import torch
-
-    from . import metrics, models, training
-    from .checkpoints import CheckpointError
-
-    resume_hint = f"continue it with --resume {out / 'last.pt'}"
-    try:
-        history = training.fit(
-            model, train_loader, val_loader, epochs=args.epochs, optimizer=optimizer, scheduler=scheduler,
-            scheduler_step=step, device=device, progress=not args.no_progress, channels_last=args.channels_last,
-            amp_dtype=None if args.amp == "none" else args.amp, max_grad_norm=args.max_grad_norm,
-            early_stopping_patience=args.patience, monitor="val_loss", checkpoint_dir=out, resume_from=args.resume,
-            checkpoint_info={"arch": args.model, "model_kwargs": kwargs, "class_names": class_names,
-                             "preprocess": inputs})
-    except KeyboardInterrupt as exc:  # fit's TrainingInterrupted carries the finished epochs
-        _write_history(out, getattr(exc, "history", None), args)
-        print(f"\ncvlab train: interrupted; {out / 'last.pt'} holds the last finished epoch: {resume_hint}",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except CheckpointError as exc:
-        print(f"cvlab train: cannot resume: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_FAILED
-    except (ValueError, FloatingPointError) as exc:
-        _write_history(out, getattr(exc, "history", None), args)
-        print(f"cvlab train: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_FAILED
-    except torch.OutOfMemoryError:
-        print(f"cvlab train: out of memory on {device}: use a smaller --batch-size or --image-size", file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as exc:  # disk full, folder removed or made read-only during the run
-        try:
-            _write_history(out, getattr(exc, "history", None), args)
-        except OSError:
-            pass
-        print(f"cvlab train: cannot write in {out}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    _write_history(out, history, args)
-    if not len(history):
-        print("cvlab train: no epoch finished; nothing to report", file=sys.stderr)
-        return EXIT_FAILED
-    best, _ = models.load_model(out / "best.pt", map_location=device)
-    probs, y_true = metrics.predict(best, val_loader, device=device)
-    y_pred = probs.argmax(1)
-    best_rec = history.best("val_loss", mode="min")
-    print(f"\nbest epoch {best_rec['epoch']}: val loss {best_rec['val_loss']:.4f}, val accuracy "
-          f"{metrics.accuracy(y_true, y_pred):.2f} %; training time {history.total_seconds:.1f} s")
-    print(metrics.classification_report(y_true, y_pred, class_names))
-    print(f"saved {out / 'best.pt'}, {out / 'last.pt'} and {out / 'history.json'}")
-    return 0
-
+from .cli import EXIT_BAD_ARGUMENTS, EXIT_FAILED, EXIT_INTERRUPTED, _BadArgument, _output_dir, build_parser, check_detector_args
+from .distributed import torchrun_env
+from .runs import folder_problem
+from .train_command import train_command
 
 
 def train_detector_command(args) -> int:
@@ -333,13 +167,26 @@ def main(argv: list[str] | None = None) -> int:
     for the checks made after parsing (paths, devices, the output folder, the --resume file).
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    quiet = _secondary_rank()  # under torchrun, rank 0 alone reports a bad command line (every rank finds it)
+    with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+        args = parser.parse_args(argv)
     command = {"setup": setup_command, "train": train_command, "train-detector": train_detector_command,
                "predict": predict_command}[args.command]
     try:
         return command(args)
     except _BadArgument as exc:
+        if quiet:
+            return EXIT_BAD_ARGUMENTS
         parser.cvlab_subparsers[args.command].error(str(exc))
+
+
+def _secondary_rank() -> bool:
+    """Whether torchrun started this process as a rank other than 0 (which prints nothing of its own)."""
+    try:
+        env = torchrun_env()
+    except ValueError:  # a broken torchrun environment: train_command reports it
+        return False
+    return env is not None and env[0] != 0
 
 
 

@@ -11,14 +11,17 @@ import math
 import os
 from pathlib import Path
 
+from .backbones import PRETRAINED_MODELS, add_backbone_options
+from .distributed import add_distributed_options
 from .inference import add_predict_parser
 from .runs import RUN_FILES, dataset_name, folder_problem, new_run_dir, same_folder
 from .utils import DEFAULT_SEED
 
-MODEL_CHOICES = ("LinearModel", "MLP", "TinyVGG", "CompactCNN")
+MODEL_CHOICES = ("LinearModel", "MLP", "TinyVGG", "CompactCNN", *PRETRAINED_MODELS)
 
-#: the smallest image side (pixels) each architecture can take: TinyVGG halves it twice, CompactCNN three times
-MIN_IMAGE_SIZE = {"LinearModel": 1, "MLP": 1, "TinyVGG": 4, "CompactCNN": 8}
+#: the smallest image side (pixels) each architecture can take: TinyVGG halves it twice, CompactCNN three times,
+#: MobileNetV2 five times (32 px: a 1x1 map)
+MIN_IMAGE_SIZE = {"LinearModel": 1, "MLP": 1, "TinyVGG": 4, "CompactCNN": 8, "mobilenet_v2": 32}
 
 FASHION_MNIST_TRAIN_SIZE = 60_000
 
@@ -49,6 +52,11 @@ runs:
   An --output-dir that already holds best.pt, last.pt or history.json is refused, unless you pass
   --overwrite (which deletes them first) or --resume <that folder>/last.pt. --resume without
   --output-dir continues in the checkpoint's own folder: best.pt is then only replaced by a better epoch.
+
+several processes:
+  torchrun --nproc-per-node 2 -m cvlab train ... trains with DistributedDataParallel (gloo on the CPU, nccl
+  on CUDA): --batch-size is split over the processes, rank 0 alone prints and writes the run folder; a rank
+  that fails ends the whole run (exit 1, and torchrun names the rank), one that hangs after --dist-timeout s.
 
 exit status:
   0    done
@@ -115,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", type=Path, help="a folder with train/ and val/, each holding one sub-folder "
                    "per class (ImageFolder layout); without it, Fashion-MNIST")
     d.add_argument("--image-size", type=_number(int, low=0, high=MAX_IMAGE_SIZE, hint=" (pixels; e.g. 28 or 64)"),
-                   help="height = width in pixels the images are resized to (default: 28 for Fashion-MNIST, "
-                        f"64 for an image folder; at most {MAX_IMAGE_SIZE})")
+                   help="height = width in pixels the images are resized to (default: 28 for Fashion-MNIST, 64 for "
+                        f"an image folder, the weights' 224 for a pretrained --model; at most {MAX_IMAGE_SIZE})")
     d.add_argument("--channels", type=int, choices=(1, 3), help="1 = grayscale, 3 = RGB (default: 1 for "
                    "Fashion-MNIST, 3 for an image folder)")
     d.add_argument("--augment", default="none", choices=("none", "flip", "basic", "trivialaugment", "randaugment",
@@ -129,11 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train-limit", type=_number(int, low=0, hint=" (leave it out to use every training image)"),
                    help="use only this many training images (quick runs); at most the training set's size")
     m = t.add_argument_group("model and optimisation")
-    m.add_argument("--model", default="CompactCNN", choices=MODEL_CHOICES, help="architecture (cvlab.models)")
+    m.add_argument("--model", default="CompactCNN", choices=MODEL_CHOICES, help="architecture (cvlab.models); "
+                   "mobilenet_v2: ImageNet weights, new head (cvlab.backbones)")
     m.add_argument("--epochs", type=_number(int, low=0, high=MAX_EPOCHS, hint=" (e.g. 3)"), default=3,
                    help=f"number of epochs (a resumed run continues up to this number; at most {MAX_EPOCHS})")
     m.add_argument("--batch-size", type=_number(int, low=0, hint=" (e.g. 128)"), default=128,
-                   help="images per batch (at most the number of training images)")
+                   help="images per batch (at most the number of training images); under torchrun split evenly "
+                        "over the processes")
     m.add_argument("--lr", type=_number(float, low=0, hint=" (e.g. 1e-2 for AdamW, 1e-1 for SGD)"),
                    default=1e-2, help="(peak) learning rate, > 0; one far too large stops the run with a "
                                       "divergence message (exit 1)")
@@ -151,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--amp", default="none", choices=("none", "bfloat16", "float16"),
                    help="mixed precision with torch.autocast (float16 needs CUDA)")
     m.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster CNNs on CPU)")
+    add_backbone_options(m)
     m.add_argument("--patience", type=_number(int, low=0, high=MAX_EPOCHS, hint=" (e.g. 3)"),
                    help="early stopping: epochs without val-loss improvement")
     r = t.add_argument_group("run")
@@ -164,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random seed")
     r.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: $CVLAB_DEVICE, else the best available)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_distributed_options(r)
     parser.cvlab_subparsers = {"setup": p_setup, "train": t, "train-detector": _detector_parser(sub),
                                "predict": add_predict_parser(sub)}
     return parser
@@ -361,18 +373,6 @@ def _check_batch_size(args, train_size: int) -> None:
         limited = f" after --train-limit {args.train_limit}" if args.train_limit is not None else ""
         raise _BadArgument("--batch-size", f"{args.batch_size} is larger than the training set ({train_size:,} "
                                            f"images{limited}): use at most {train_size}")
-
-
-def _check_resume_fits(ckpt: dict, path: Path, kwargs: dict, class_names: list[str]) -> None:
-    """A --resume checkpoint was made for the model and classes this command line builds."""
-    saved = ckpt.get("model_kwargs") or {}
-    differ = [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in kwargs.items() if saved.get(k) != v]
-    if differ:
-        raise _BadArgument("--resume", f"{path} was trained with other options ({'; '.join(differ)}): "
-                                       "pass the --image-size, --channels and data of that run, or start a new run")
-    if ckpt.get("class_names") not in (None, class_names):
-        raise _BadArgument("--resume", f"{path} was trained on the classes {ckpt['class_names']}, but this "
-                                       f"data has {class_names}: pass that run's --data-dir, or start a new run")
 
 
 def _output_dir(args, model: str | None = None, dataset: str | None = None) -> tuple[Path, str]:

@@ -8,8 +8,13 @@ A run that ends before its last epoch raises an exception that carries its Histo
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Callable
 
-__all__ = ["DIVERGENCE_FACTOR", "EarlyStopping", "History", "TrainingDiverged", "TrainingInterrupted", "divergence_reason"]
+from .distributed import is_distributed, reduce_sums, world_size
+
+__all__ = ["DIVERGENCE_FACTOR", "EarlyStopping", "History", "TrainingDiverged", "TrainingInterrupted", "diverged_error",
+           "divergence_reason", "epoch_or_diverged"]
 
 
 class History:
@@ -173,3 +178,53 @@ class TrainingInterrupted(_EndedEarly, KeyboardInterrupt):
         history: the ``History`` of the epochs that finished (``history.interrupted`` is True); in
             Jupyter, right after the cell stopped, it is ``sys.last_value.history``.
     """
+
+
+def epoch_or_diverged(epoch: int, history: History, ckpt_dir: "Path | None", optimizer, stats: dict,
+                      run: Callable[[], dict]) -> dict[str, float]:
+    """``fit``'s divergence check around one epoch: ``run()`` it and return its record, or raise.
+
+    Args:
+        epoch: the epoch's number (1-based), for the message.
+        history: the finished epochs (marked ``diverged`` when this one diverged).
+        ckpt_dir: where ``fit`` writes checkpoints (None: nowhere), for the message.
+        optimizer: its learning rates go into the message.
+        stats: ``first_loss`` and ``num_classes`` for ``divergence_reason``. On several processes the first
+            loss becomes the mean of the ranks' first losses (once), so every rank decides alike.
+        run: trains and evaluates the epoch, returning its record (``train_loss`` ...).
+
+    Raises:
+        TrainingDiverged: the loss became non-finite during the epoch (a ``FloatingPointError`` from
+            ``run``), or the epoch's mean training loss grew far above its start (``divergence_reason``);
+            the diverged epoch is not kept.
+    """
+    try:
+        record = run()
+    except FloatingPointError as exc:
+        raise diverged_error(f"the training loss became non-finite in epoch {epoch} ({exc})", optimizer,
+                             history, ckpt_dir) from None
+    if stats and is_distributed() and "first_loss" in stats and not stats.get("first_loss_reduced"):
+        stats["first_loss"] = reduce_sums([stats["first_loss"]])[0] / world_size()
+        stats["first_loss_reduced"] = True
+    grown = divergence_reason(record["train_loss"], stats)
+    if grown:
+        raise diverged_error(f"training diverged in epoch {epoch}: {grown}", optimizer, history, ckpt_dir)
+    return record
+
+
+def diverged_error(what: str, optimizer, history: History, ckpt_dir: "Path | None") -> TrainingDiverged:
+    """The ``TrainingDiverged`` for ``fit``: what happened, the learning rate(s), what was kept, what to try."""
+    lrs = ", ".join(f"{g['lr']:.3g}" for g in optimizer.param_groups)
+    history.diverged = True
+    if not len(history):
+        kept = "no epoch finished, so no checkpoint was written"
+    else:
+        kept = f"the {len(history)} finished epoch(s) are in this exception's .history"
+        if ckpt_dir is not None:
+            kept += f", and last.pt and best.pt in {ckpt_dir} hold the last finished and the best of them"
+    return TrainingDiverged(
+        f"Training stopped: {what}. Learning rate{'s' if len(optimizer.param_groups) > 1 else ''} at that "
+        f"point: {lrs}. The diverged epoch was not kept; {kept}. Try: a lower learning rate (e.g. 10x lower), "
+        "clipping gradients (max_grad_norm=1.0 in fit, --max-grad-norm 1 on the command line), and checking the "
+        "inputs (normalised, no NaN or inf). Start a new run with the new settings (resuming keeps the saved ones).",
+        history)

@@ -26,7 +26,7 @@ from torch import nn
 
 from .checkpoints import CheckpointError, load_checkpoint
 
-__all__ = ["MODELS", "CompactCNN", "LinearModel", "MLP", "TinyVGG", "build_model", "count_parameters", "find_layer",
+__all__ = ["MODELS", "TORCHVISION_MODELS", "CompactCNN", "LinearModel", "MLP", "TinyVGG", "build_model", "count_parameters", "find_layer",
            "load_model"]
 
 
@@ -231,10 +231,15 @@ class CompactCNN(nn.Module):
 #: architecture name (as stored in checkpoints) -> class
 MODELS: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in (LinearModel, MLP, TinyVGG, CompactCNN)}
 
+#: torchvision architectures ``cvlab train`` fine-tunes from ImageNet weights (``cvlab.backbones``); rebuilt here
+#: without weights (``torchvision.models.get_model(name, weights=None, num_classes=...)``), then loaded
+TORCHVISION_MODELS = ("mobilenet_v2",)
+
 
 
 def build_model(arch: str, **kwargs: Any) -> nn.Module:
-    """Build a model by architecture name ("LinearModel", "MLP", "TinyVGG", "CompactCNN").
+    """Build a model by architecture name ("LinearModel", "MLP", "TinyVGG", "CompactCNN", or one of
+    ``TORCHVISION_MODELS``: torchvision's architecture with fresh weights, e.g. to load a checkpoint into).
 
     Args:
         arch: the class name; "model_0" and "model_1" are accepted for the first two.
@@ -244,8 +249,11 @@ def build_model(arch: str, **kwargs: Any) -> nn.Module:
         ValueError: an unknown name (the message lists the known ones).
     """
     arch = {"model_0": "LinearModel", "model_1": "MLP"}.get(arch, arch)
+    if arch in TORCHVISION_MODELS:
+        from torchvision.models import get_model
+        return get_model(arch, weights=None, **kwargs)
     if arch not in MODELS:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(MODELS)}")
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(MODELS) + list(TORCHVISION_MODELS)}")
     if "widths" in kwargs:
         kwargs["widths"] = tuple(kwargs["widths"])
     return MODELS[arch](**kwargs)
@@ -256,7 +264,8 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """Rebuild the model a checkpoint holds and load its weights.
 
     Args:
-        path: a checkpoint written by ``cvlab.checkpoints.save_checkpoint`` for a model in ``MODELS``.
+        path: a checkpoint written by ``cvlab.checkpoints.save_checkpoint`` for a model in ``MODELS`` or
+            ``TORCHVISION_MODELS`` (``cvlab train --model mobilenet_v2``).
         map_location: where the tensors go.
 
     Returns:
@@ -267,12 +276,12 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         CheckpointError: missing or corrupt file, or an architecture cvlab does not know.
     """
     ckpt = load_checkpoint(path, map_location=map_location)
-    if ckpt["arch"] not in MODELS:
+    if ckpt["arch"] not in MODELS and ckpt["arch"] not in TORCHVISION_MODELS:
         raise CheckpointError(f"{path} holds a {ckpt['arch']!r} model, which cvlab.models does not "
-                              f"build ({sorted(MODELS)}); build it yourself and call "
+                              f"build ({sorted(MODELS) + list(TORCHVISION_MODELS)}); build it yourself and call "
                               "cvlab.checkpoints.load_checkpoint(path, model)")
     model = build_model(ckpt["arch"], **ckpt.get("model_kwargs", {}))
-    load_checkpoint(path, model, map_location=map_location)
+    load_checkpoint(path, model, arch=ckpt["arch"], map_location=map_location)
     return model.eval(), ckpt
 
 

@@ -7,6 +7,10 @@ one: scheduler stepping, ``cvlab.history.EarlyStopping``, checkpoints after ever
 ``last.pt``) and exact resume. Losses are averaged and accuracies counted per sample (not per
 batch), so a smaller last batch weighs what it should. Accuracies are in % (0-100), losses in
 the loss function's units (nats for cross-entropy), times in seconds.
+
+Under torchrun (``cvlab.distributed``), ``fit`` trains a ``DistributedDataParallel`` model on every rank:
+sums and counts are reduced over the ranks before they are divided, so every rank's History holds the
+same numbers; only rank 0 writes checkpoints and shows progress.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .history import EarlyStopping, History, TrainingDiverged, TrainingInterrupted, divergence_reason
+from .distributed import is_distributed, is_main_process, reduce_sums, sync_buffers, unwrap
+from .history import EarlyStopping, History, TrainingInterrupted, epoch_or_diverged
 from .resume import resume, save_epoch, save_failed
 from .schedules import Scheduler, SchedulerFactory, make_scheduler, step_epoch_scheduler
 from .utils import autocast_dtype, get_device, model_mode, progress_bar, set_seed
@@ -50,8 +55,9 @@ def _len(loader: Iterable) -> int | None:
 def _train_batches(model: nn.Module, loader: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                    device: torch.device, bar: Any, scheduler: Scheduler | None, amp_dtype: torch.dtype | None,
                    scaler: torch.amp.GradScaler | None, max_grad_norm: float | None,
-                   stats: dict | None = None) -> tuple[float, float]:
+                   stats: dict | None = None) -> tuple[float, int, int]:
     """The body of ``train_one_epoch``: forward, loss, zero_grad, backward, (clip), step per batch.
+    Returns the sums ``(loss x samples, correct, samples)``; ``_means`` turns them into (loss, accuracy %).
 
     ``stats``, if given, receives ``first_loss`` (the first batch's loss, once) and ``num_classes``
     (from 2-D logits), which ``fit``'s divergence rule uses."""
@@ -92,6 +98,14 @@ def _train_batches(model: nn.Module, loader: Iterable, loss_fn: Callable, optimi
         bar.update(1)
     if seen == 0:
         raise ValueError("the training loader yielded no batches")
+    return total_loss, correct, seen
+
+
+def _means(sums, what: str) -> tuple[float, float]:
+    """``(loss x samples, correct, samples)`` -> (mean loss, accuracy in %)."""
+    total_loss, correct, seen = sums
+    if seen == 0:
+        raise ValueError(f"the {what} loader yielded no batches")
     return total_loss / seen, 100.0 * correct / seen
 
 
@@ -127,8 +141,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: Callable, optim
     """
     device = get_device(device)
     with model_mode(model.to(device), True), progress_bar(total=_len(loader), desc="train", enabled=progress) as bar:
-        return _train_batches(model, loader, loss_fn, optimizer, device, bar, scheduler, amp_dtype, scaler,
-                              max_grad_norm)
+        return _means(_train_batches(model, loader, loss_fn, optimizer, device, bar, scheduler, amp_dtype, scaler,
+                                     max_grad_norm), "training")
 
 
 @torch.inference_mode()
@@ -152,8 +166,15 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable | None = None
     """
     device = get_device(device)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
-    total_loss, correct, seen = 0.0, 0, 0
     with model_mode(model.to(device), False), progress_bar(total=_len(loader), desc="evaluate", enabled=progress) as bar:
+        return _means(_evaluation_sums(model, loader, loss_fn, device, amp_dtype, bar), "evaluation")
+
+
+def _evaluation_sums(model: nn.Module, loader: Iterable, loss_fn: Callable, device: torch.device,
+                     amp_dtype: torch.dtype | None, bar: Any = None) -> tuple[float, int, int]:
+    """The body of ``evaluate`` (no gradients; the caller sets eval mode): ``(loss x samples, correct, samples)``."""
+    total_loss, correct, seen = 0.0, 0, 0
+    with torch.inference_mode():
         for x, y in loader:
             _check_batch(x, y)
             x, y = x.to(device), y.to(device)
@@ -162,10 +183,21 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable | None = None
                 total_loss += loss_fn(logits, y).item() * len(y)
             correct += (logits.argmax(dim=1) == y).sum().item()
             seen += len(y)
-            bar.update(1)
-    if seen == 0:
-        raise ValueError("the evaluation loader yielded no batches")
-    return total_loss / seen, 100.0 * correct / seen
+            if bar is not None:
+                bar.update(1)
+    return total_loss, correct, seen
+
+
+def _evaluate_everywhere(model: nn.Module, loader: Iterable, loss_fn: Callable, device: torch.device,
+                         amp_dtype: torch.dtype | None) -> tuple[float, float]:
+    """``evaluate`` on one process; on several, each rank evaluates its share of ``loader`` with rank 0's
+    buffers (``sync_buffers``: the model rank 0 saves), and the sums are reduced over the ranks."""
+    if not is_distributed():
+        return evaluate(model, loader, loss_fn, device, amp_dtype=amp_dtype)
+    sync_buffers(model)
+    module = unwrap(model)
+    with model_mode(module, False):
+        return _means(reduce_sums(_evaluation_sums(module, loader, loss_fn, device, amp_dtype)), "evaluation")
 
 
 def _default_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -181,16 +213,26 @@ def _run_epoch(epoch, model, train_loader, val_loader, loss_fn, optimizer, devic
     """Train one epoch, evaluate, step an epoch scheduler; return the epoch's record."""
     t0 = time.perf_counter()
     with model_mode(model, True):
-        train_loss, train_acc = _train_batches(model, train_loader, loss_fn, optimizer, device, bar,
-                                               scheduler if per_batch else None, amp_dtype, scaler, max_grad_norm,
-                                               stats)
+        sums = _train_batches(model, train_loader, loss_fn, optimizer, device, bar, scheduler if per_batch else None,
+                              amp_dtype, scaler, max_grad_norm, stats)
+    train_loss, train_acc = _means(reduce_sums(sums), "training")
     record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
     if val_loader is not None:
-        record["val_loss"], record["val_acc"] = evaluate(model, val_loader, loss_fn, device, amp_dtype=amp_dtype)
+        record["val_loss"], record["val_acc"] = _evaluate_everywhere(model, val_loader, loss_fn, device, amp_dtype)
     step_epoch_scheduler(scheduler, per_batch, record[monitor])
     record["lr"] = optimizer.param_groups[0]["lr"]
     record["seconds"] = time.perf_counter() - t0
     return record
+
+
+def _start_epoch(train_loader: Iterable, epoch: int, on_epoch_start: Callable[[int], None] | None) -> None:
+    """Before each epoch: a sampler that reshuffles per epoch (``DistributedSampler``) is told the epoch, so
+    every rank draws the same new order; then ``on_epoch_start(epoch)``."""
+    set_epoch = getattr(getattr(train_loader, "sampler", None), "set_epoch", None)
+    if callable(set_epoch):
+        set_epoch(epoch)
+    if on_epoch_start is not None:
+        on_epoch_start(epoch)
 
 
 def _check_arguments(epochs, scheduler_step: str, monitor: str, val_loader) -> str:
@@ -203,38 +245,6 @@ def _check_arguments(epochs, scheduler_step: str, monitor: str, val_loader) -> s
     return monitor.replace("val_", "train_") if val_loader is None and monitor.startswith("val_") else monitor
 
 
-def _epoch_or_diverged(epoch: int, history: History, ckpt_dir: Path | None, optimizer, stats, run) -> dict[str, float]:
-    """``run()`` one epoch; a non-finite loss, or one grown far above its start, becomes ``TrainingDiverged``
-    (the diverged epoch is not kept)."""
-    try:
-        record = run()
-    except FloatingPointError as exc:
-        raise _diverged(f"the training loss became non-finite in epoch {epoch} ({exc})", optimizer,
-                        history, ckpt_dir) from None
-    grown = divergence_reason(record["train_loss"], stats)
-    if grown:
-        raise _diverged(f"training diverged in epoch {epoch}: {grown}", optimizer, history, ckpt_dir)
-    return record
-
-
-def _diverged(what: str, optimizer: torch.optim.Optimizer, history: History, ckpt_dir: Path | None) -> TrainingDiverged:
-    """The ``TrainingDiverged`` for ``fit``: what happened, the learning rate(s), what was kept, what to try."""
-    lrs = ", ".join(f"{g['lr']:.3g}" for g in optimizer.param_groups)
-    history.diverged = True
-    if not len(history):
-        kept = "no epoch finished, so no checkpoint was written"
-    else:
-        kept = f"the {len(history)} finished epoch(s) are in this exception's .history"
-        if ckpt_dir is not None:
-            kept += f", and last.pt and best.pt in {ckpt_dir} hold the last finished and the best of them"
-    return TrainingDiverged(
-        f"Training stopped: {what}. Learning rate{'s' if len(optimizer.param_groups) > 1 else ''} at that "
-        f"point: {lrs}. The diverged epoch was not kept; {kept}. Try: a lower learning rate (e.g. 10x lower), "
-        "clipping gradients (max_grad_norm=1.0 in fit, --max-grad-norm 1 on the command line), and checking the "
-        "inputs (normalised, no NaN or inf). Start a new run with the new settings (resuming keeps the saved ones).",
-        history)
-
-
 def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None, *,
         epochs: int = 3, optimizer: torch.optim.Optimizer | None = None, lr: float = 1e-3,
         scheduler: Scheduler | SchedulerFactory | None = None, scheduler_step: str = "batch",
@@ -243,12 +253,21 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
         amp_dtype: torch.dtype | str | None = None, max_grad_norm: float | None = None,
         early_stopping_patience: int | None = None, monitor: str = "val_loss", min_delta: float = 0.0,
         checkpoint_dir: str | os.PathLike | None = None, resume_from: str | os.PathLike | None = None,
-        checkpoint_info: dict[str, Any] | None = None) -> History:
+        checkpoint_info: dict[str, Any] | None = None,
+        on_epoch_start: Callable[[int], None] | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs, evaluating after each; return the ``History``.
 
     Each epoch is ``train_one_epoch`` + ``evaluate``; around them, named parts: the scheduler
     is stepped per batch or per epoch, ``EarlyStopping`` follows ``monitor``, checkpoints are
     written, and ``resume_from`` restores all of it.
+
+    On several processes (torchrun; ``cvlab.distributed.init_distributed``), pass the model wrapped by
+    ``cvlab.distributed.wrap_model`` (DistributedDataParallel: gradients averaged over the ranks) and
+    loaders of each rank's share (``train_sampler``, ``eval_indices``): the training sums and counts, and
+    the validation ones, are reduced over the ranks, so every rank's History holds the same numbers, the
+    numbers of the whole data; the sampler's ``set_epoch`` is called before each epoch; only rank 0 shows
+    progress and writes ``checkpoint_dir`` (the wrapped model's ``.module``, so the files load into a plain
+    model); every rank reads ``resume_from``.
 
     Args:
         model: moved to ``device``.
@@ -292,6 +311,9 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
             from those of a run planned that long from the start; a line says so).
         checkpoint_info: extra entries for the checkpoints (``arch``, ``model_kwargs``,
             ``class_names``).
+        on_epoch_start: called with the epoch number (1-based) before each epoch, the first of a resumed
+            run included: e.g. ``cvlab.backbones.BackboneSchedule``, which unfreezes a backbone from some
+            epoch on.
 
     Returns:
         the ``History`` (for a resumed run, including the epochs before the interruption).
@@ -333,32 +355,35 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
     scheduler = make_scheduler(scheduler, optimizer, needed)
     per_batch = per_batch and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     info, ckpt_dir = dict(checkpoint_info or {}), Path(checkpoint_dir) if checkpoint_dir is not None else None
+    writes, main = ckpt_dir if is_main_process() else None, is_main_process()
     history, start = History(), 1
     if resume_from is not None:
-        history, start, scheduler = resume(resume_from, model, optimizer, scheduler, factory, needed, epochs, scaler,
-                                            stopper, train_loader, info, device)
+        history, start, scheduler = resume(resume_from, unwrap(model), optimizer, scheduler, factory, needed, epochs,
+                                            scaler, stopper, train_loader, info, device)
     total = (epochs - start + 1) * steps if steps else None
     stats: dict[str, float] = {}
-    bar = progress_bar(total=total, desc="fit", enabled=progress and start <= epochs, leave=True)
+    bar = progress_bar(total=total, desc="fit", enabled=progress and start <= epochs and main, leave=True)
     try:
         for epoch in range(start, epochs + 1):
             bar.set_description(f"epoch {epoch}/{epochs}")
-            record = _epoch_or_diverged(epoch, history, ckpt_dir, optimizer, stats, lambda: _run_epoch(
+            _start_epoch(train_loader, epoch, on_epoch_start)
+            record = epoch_or_diverged(epoch, history, ckpt_dir, optimizer, stats, lambda: _run_epoch(
                 epoch, model, train_loader, val_loader, loss_fn, optimizer, device, bar, scheduler, per_batch, monitor,
                 amp_dtype, scaler, max_grad_norm, stats))
             history.append(record)
             bar.set_postfix({k: round(v, 3) for k, v in record.items() if k in ("train_loss", "val_loss", "val_acc")})
             improved = stopper.update(record)
             try:
-                save_epoch(ckpt_dir, model, record, improved, info, optimizer=optimizer, scheduler=scheduler,
-                            scaler=scaler, history=history.records, train_loader=train_loader, planned_steps=needed,
-                            **stopper.state_dict())
+                save_epoch(writes, unwrap(model), record, improved, info, optimizer=optimizer, scheduler=scheduler,
+                           scaler=scaler, history=history.records, train_loader=train_loader, planned_steps=needed,
+                           **stopper.state_dict())
             except OSError as exc:
                 raise save_failed(exc, epoch, history, ckpt_dir) from exc
             if stopper.should_stop:
                 history.stopped_early = True
-                print(f"Early stopping after epoch {epoch}: {monitor} has not improved for {stopper.stale} epochs "
-                      f"(best {stopper.best:.4f})")
+                if main:
+                    print(f"Early stopping after epoch {epoch}: {monitor} has not improved for {stopper.stale} "
+                          f"epochs (best {stopper.best:.4f})")
                 break
     except KeyboardInterrupt as exc:
         history.interrupted = True

@@ -87,6 +87,10 @@ class FrozenPrefix(nn.Sequential):
         blocks: the blocks, e.g. ``mobilenet_v2(...).features[:7]``.
         frozen: how many of the first blocks to fix, 0..len(blocks).
 
+    Its ``state_dict`` keys are those of ``blocks`` ("0.0.weight", ...), so a model whose ``features`` are
+    replaced by a ``FrozenPrefix`` saves and loads as the plain model does. ``set_frozen`` moves the boundary
+    later (staged unfreezing).
+
     Raises:
         ValueError: frozen outside 0..len(blocks).
     """
@@ -97,6 +101,21 @@ class FrozenPrefix(nn.Sequential):
         super().__init__(*blocks)
         self.frozen = frozen
         freeze(*list(self)[:frozen])
+
+    def set_frozen(self, frozen: int) -> None:
+        """Fix the first ``frozen`` blocks (no gradients, BatchNorm in eval mode) and train the others
+        (``requires_grad = True``, the module's mode): e.g. ``set_frozen(0)`` lets the whole backbone join
+        training. The optimizer must already hold the parameters (frozen ones get no gradient, so it leaves them).
+
+        Raises:
+            ValueError: frozen outside 0..len(self).
+        """
+        if not 0 <= frozen <= len(self):
+            raise ValueError(f"frozen must be in 0..{len(self)} (the number of blocks), got {frozen}")
+        self.frozen = frozen
+        freeze(*list(self)[:frozen])
+        unfreeze(*list(self)[frozen:])
+        self.train(self.training)
 
     def __getitem__(self, idx):
         """A block, or a plain ``nn.Sequential`` of the blocks in a slice (sharing them)."""

@@ -9,9 +9,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "cvlab"
 
 #: bottom -> top: a module may import modules before it in this list, never one after it
-LAYERS = ["utils", "exercises", "images", "datasets", "video", "scenes", "transforms", "checkpoints", "losses", "history", "models", "loaders",
-          "pretrained", "transfer", "schedules", "resume", "training", "metrics", "detection", "detectors", "segmentation", "segmenters", "experiments", "visualization", "interpretation",
-          "widgets", "provisioning", "runs", "inference", "cli", "__main__"]
+LAYERS = ["utils", "exercises", "images", "datasets", "video", "scenes", "transforms", "checkpoints", "distributed", "losses", "history", "models",
+          "loaders", "pretrained", "transfer", "backbones", "schedules", "resume", "training", "metrics", "detection", "detectors", "segmentation",
+          "segmenters", "experiments", "visualization", "interpretation", "latency", "deployment", "quantization", "widgets", "provisioning", "runs", "inference", "cli", "train_command",
+          "__main__"]
 MAX_LINES = 400
 
 

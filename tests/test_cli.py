@@ -240,7 +240,7 @@ def test_course_help_shows_every_command_on_one_line():
         rows = [line for line in table if line.split()[:1] == [command]]
         assert len(rows) == 1 and len(rows[0]) <= 110, f"{command!r} needs one line of help"
         assert len(rows[0].split()) > 4
-    assert set(course.COMMANDS) == {"lab", "test", "regenerate", "setup", "lock"}
+    assert set(course.COMMANDS) == {"lab", "test", "regenerate", "student", "setup", "lock"}
     assert "_execute" not in out, "the internal notebook runner is not a command to show"
     assert "rm -rf .venv && python course.py setup" in out
 

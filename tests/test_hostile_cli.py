@@ -180,6 +180,32 @@ CASES = [
     case(["--resume", "{root}/r1/last.pt", "--output-dir", "{root}/r1", "--overwrite", "--epochs", "5"], 2,
          "argument --overwrite: it would delete {root}/r1/last.pt, which --resume continues from", "drop --overwrite",
          id="resume-and-overwrite-same-folder"),
+    # --- pretrained backbones (cvlab.backbones) ---------------------------------------------------
+    case(["--freeze-backbone"], 2, "argument --freeze-backbone: goes with a pretrained --model (mobilenet_v2); "
+         "LinearModel trains from scratch", "drop --freeze-backbone", id="freeze-without-backbone"),
+    case(["--backbone-lr-factor", "0.5"], 2, "argument --backbone-lr-factor: goes with a pretrained --model",
+         id="lr-factor-without-backbone"),
+    case(["--model", "mobilenet_v2", "--unfreeze-at", "1"], 2, "argument --unfreeze-at: the backbone would train "
+         "from epoch 1", "leave --unfreeze-at out", id="unfreeze-at-1"),
+    case(["--model", "mobilenet_v2", "--unfreeze-at", "5", "--epochs", "3"], 2,
+         "argument --unfreeze-at: epoch 5 comes after the run ends (--epochs 3): use 2..3", id="unfreeze-after-the-end"),
+    case(["--model", "mobilenet_v2", "--channels", "1"], 2, "argument --channels: mobilenet_v2's ImageNet weights "
+         "take 3-channel images", id="pretrained-grayscale"),
+    case(["--model", "mobilenet_v2", "--backbone-lr-factor", "0"], 2, "argument --backbone-lr-factor: must be > 0",
+         id="lr-factor-zero"),
+    case(["--model", "mobilenet_v2", "--image-size", "16"], 2,
+         "argument --image-size: mobilenet_v2 needs images of at least 32 pixels", id="pretrained-too-small"),
+    case(["--resume", "{root}/linear_last.pt", "--model", "mobilenet_v2", "--epochs", "5"], 2,
+         "argument --resume: {root}/linear_last.pt is a checkpoint of LinearModel, not of mobilenet_v2",
+         "pass --model LinearModel", id="resume-other-model-pretrained"),
+    # --- several processes (cvlab.distributed); no process group is started for these ----------
+    case(["--dist-timeout", "0"], 2, "argument --dist-timeout: must be >= 1 and <= 86400 seconds, got 0",
+         id="dist-timeout-zero"),
+    case(FM, 2, "argument torchrun environment: RANK set but not WORLD_SIZE, LOCAL_RANK", "start the run with torchrun",
+         env={"RANK": "0"}, id="torchrun-env-partial"),
+    case(["--train-limit", "64", "--batch-size", "33"], 2,
+         "argument --batch-size: 33 images per step cannot be split evenly over 2 processes", "use a multiple of 2",
+         env={"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, id="batch-not-divisible-by-processes"),
     # --- setup ------------------------------------------------------------------------------------
     case(["--root", "{root}/a_file.txt"], 2, "argument --root: {root}/a_file.txt is a file, not a folder",
          command="setup", id="setup-root-is-a-file"),
@@ -203,6 +229,9 @@ def test_hostile_command_line(command, args, code, expected, env, h, tmp_path, m
         monkeypatch.setenv(name, _fill(value, h))
     if "CVLAB_DEVICE" not in env:
         monkeypatch.delenv("CVLAB_DEVICE", raising=False)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # this process is not one of torchrun's unless a case says so
+        if name not in env:
+            monkeypatch.delenv(name, raising=False)
     fresh = tmp_path / "fresh-run"
     base = (["--no-progress", "--model", "LinearModel", "--epochs", "1", "--output-dir", str(fresh)]
             if command == "train" else ["--no-download"])
