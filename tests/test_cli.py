@@ -246,7 +246,7 @@ def test_course_help_shows_every_command_on_one_line():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["bogus"], "unknown command 'bogus': use one of lab, test, regenerate, setup, lock"),
+    (["bogus"], "unknown command 'bogus': use one of lab, test, regenerate, student, setup, lock"),
     (["setup", "--upgrade"], "--upgrade goes with lock, not setup: python course.py lock --upgrade"),
     (["test", "--no-regenerate"], "--no-regenerate goes with lock, not test"),
     (["test", "--headless"], "--headless goes with lab, not test: python course.py --headless"),
