@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .utils import chmod_as_user_file
+
 __all__ = ["CheckpointError", "config_differences", "load_checkpoint", "load_training_state", "optimizer_config",
            "rng_state", "save_checkpoint", "save_training_state", "scheduler_config", "set_rng_state"]
 
@@ -95,7 +97,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, arch: st
     _check_plain(state, "checkpoint")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        _chmod_as_user_file(fd)
+        chmod_as_user_file(fd)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
@@ -112,16 +114,6 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, arch: st
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _chmod_as_user_file(fd: int) -> None:
-    """Give a mkstemp file (0600) the permissions any new file of the user gets (0666 minus umask)."""
-    if not hasattr(os, "fchmod"):  # Windows: permissions are not POSIX modes
-        return
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-
 
 
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = None, *,

@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from .latency import measure_latency
-from .utils import model_mode, progress_bar
+from .utils import model_mode, progress_bar, write_atomically
 
 __all__ = ["DYNAMO_OPSET", "FORMATS", "LEGACY_OPSET", "export_onnx", "export_report", "max_abs_diff", "onnx_opset",
-           "onnx_session", "run_onnx", "write_atomically"]
+           "onnx_session", "run_onnx"]  # files are written with cvlab.utils.write_atomically
 
 #: the formats ``export_report`` knows, in its default order ("eager" is the PyTorch baseline)
 FORMATS = ("eager", "jit_trace", "jit_script", "torch_export", "onnx_dynamo", "onnx_legacy")
@@ -86,38 +86,6 @@ def max_abs_diff(a: Any, b: Any) -> float:
         if x.numel():
             worst = max(worst, float((x.detach().cpu().double() - y.detach().cpu().double()).abs().max()))
     return worst
-
-
-def write_atomically(path: str | os.PathLike, write: Callable[[str], Any], *, overwrite: bool = False) -> Path:
-    """Call ``write(temporary_path)``, then move that file to ``path`` with ``os.replace`` (atomic).
-
-    An exporter that fails or is interrupted leaves no half-written file: the temporary file (in
-    ``path``'s folder, named ``.<stem>.*.tmp<suffix>``) is removed. Parent folders are made.
-
-    Returns:
-        ``path``.
-
-    Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
-        whatever ``write`` raises.
-    """
-    path = Path(path)
-    if path.exists() and (not overwrite or path.is_dir()):
-        raise FileExistsError(f"{path} exists: pass overwrite=True to replace it, or choose another path"
-                              if not path.is_dir() else f"{path} is a folder: give a file name, e.g. {path / 'model.onnx'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the user's usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import torch
 from .images import IMAGE_EXTENSIONS, open_image
 from .metrics import predict
 from .transforms import eval_transforms
-from .utils import progress_bar
+from .utils import progress_bar, write_atomically
 
 __all__ = ["image_files", "predict_files", "write_predictions"]
 
@@ -123,10 +123,7 @@ def write_predictions(rows: Sequence[dict], path: str | os.PathLike | None) -> s
             writer.writerow([r["file"]] + [v for c, p in zip(r["classes"], r["probs"]) for v in (c, f"{p:.4f}")])
         text = buffer.getvalue()
     if path is not None:
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=True)
     return text
 
 

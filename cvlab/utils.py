@@ -8,14 +8,17 @@ import hashlib
 import math
 import os
 import random
-from typing import Any, Iterable
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 __all__ = ["AMP_DTYPES", "AVX2_ENV", "DEFAULT_SEED", "MAX_BAR_REFRESHES", "autocast_dtype", "avx2_env", "cpu_has_bf16", "cpu_info", "get_device",
-           "key_result", "model_mode", "progress_bar", "rerun_with_avx2_kernels", "set_seed", "sha256_file"]
+           "key_result", "model_mode", "progress_bar", "rerun_with_avx2_kernels", "set_seed", "sha256_file",
+           "chmod_as_user_file", "write_atomically"]
 
 #: the one seed default of the package: every ``seed=`` argument defaults to it
 DEFAULT_SEED = 0
@@ -249,3 +252,42 @@ def autocast_dtype(amp_dtype: "torch.dtype | str | None", device: "torch.device 
     if amp_dtype == torch.float16 and device.type == "cpu":
         raise ValueError("float16 autocast is for CUDA; on a CPU use amp_dtype='bfloat16' (or None)")
     return amp_dtype
+
+
+def chmod_as_user_file(fd: int) -> None:
+    """Give a mkstemp file (0600) the permissions any new file of the user gets (0666 minus umask)."""
+    if not hasattr(os, "fchmod"):  # Windows: permissions are not POSIX modes
+        return
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], Any], *, overwrite: bool = False) -> Path:
+    """Call ``write(temporary_path)``, then move that file to ``path`` with ``os.replace`` (atomic).
+
+    An exporter that fails or is interrupted leaves no half-written file: the temporary file (in
+    ``path``'s folder, named ``.<stem>.*.tmp<suffix>``) is removed. Parent folders are made.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        whatever ``write`` raises.
+    """
+    path = Path(path)
+    if path.exists() and (not overwrite or path.is_dir()):
+        raise FileExistsError(f"{path} exists: pass overwrite=True to replace it, or choose another path"
+                              if not path.is_dir() else f"{path} is a folder: give a file name, e.g. {path / 'model.onnx'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    chmod_as_user_file(fd)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
