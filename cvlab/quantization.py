@@ -32,9 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .deployment import _deprecations, _one_line, _quiet, export_onnx, onnx_session, run_onnx, write_atomically
+from .deployment import _deprecations, _one_line, _quiet, export_onnx, onnx_session, run_onnx
 from .latency import measure_latency
-from .utils import model_mode, progress_bar
+from .metrics import accuracy
+from .utils import model_mode, progress_bar, write_atomically
 
 __all__ = ["QUANT_METHODS", "quantization_report", "quantize_dynamic_torch", "quantize_onnx_dynamic",
            "quantize_onnx_static", "quantize_static_torch"]
@@ -175,7 +176,7 @@ def quantize_onnx_static(src: str | os.PathLike, dst: str | os.PathLike, calibra
 def _accuracy(run, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
     with torch.no_grad():
         preds = torch.cat([torch.as_tensor(np.asarray(run(b))).argmax(1) for b in x.split(batch_size)])
-    return 100.0 * (preds == y).float().mean().item()
+    return accuracy(y, preds)
 
 
 def quantization_report(model: nn.Module, calibration: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, *,
