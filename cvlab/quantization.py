@@ -87,12 +87,13 @@ def quantize_static_torch(model: nn.Module, calibration: torch.Tensor, *, batch_
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     x = _as_float(calibration)
-    prepared = prepare_fx(copy.deepcopy(model).cpu().eval(), get_default_qconfig_mapping(torch.backends.quantized.engine),
-                          (x[:1],))
-    with torch.no_grad():
-        for batch in x.split(batch_size):
-            prepared(batch)
-    return convert_fx(prepared).eval()
+    with _quiet(pass_deprecations=True):  # the observers' UserWarnings off the screen; the deprecation stays
+        prepared = prepare_fx(copy.deepcopy(model).cpu().eval(),
+                              get_default_qconfig_mapping(torch.backends.quantized.engine), (x[:1],))
+        with torch.no_grad():
+            for batch in x.split(batch_size):
+                prepared(batch)
+        return convert_fx(prepared).eval()
 
 
 def _preprocessed(src: Path, folder: Path) -> Path:
