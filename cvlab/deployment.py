@@ -107,6 +107,18 @@ def _quiet(pass_deprecations: bool = False):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+def _output_files(stack: contextlib.ExitStack, folder: str | os.PathLike | None, names: Mapping[str, str],
+                  overwrite: bool) -> dict[str, Path]:
+    """The paths ``folder/<file name>`` by key; ``folder`` None: a temporary folder that ``stack`` deletes.
+    Raises FileExistsError, before anything is written, when one exists and ``overwrite`` is False."""
+    root = Path(folder) if folder is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    paths = {key: root / name for key, name in names.items()}
+    taken = [str(p) for p in paths.values() if p.exists()]
+    if taken and not overwrite:
+        raise FileExistsError(f"{', '.join(taken)} exist(s): pass overwrite=True or choose another folder")
+    return paths
+
+
 def _one_line(exc: BaseException) -> str:
     """``Type: first line of the message`` (+ where, + the cause's first line): no traceback."""
     def first(e: BaseException, where: bool) -> str:
@@ -288,11 +300,7 @@ def export_report(model: nn.Module, example: Any, formats: Iterable[str] = FORMA
     if unknown:
         raise ValueError(f"unknown format(s) {unknown}: choose from {list(FORMATS)}")
     with contextlib.ExitStack() as stack:
-        root = Path(folder) if folder is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        paths = {f: root / f"{f}{_SUFFIX[f]}" for f in formats}
-        taken = [str(p) for p in paths.values() if p.exists()]
-        if taken and not overwrite:
-            raise FileExistsError(f"{', '.join(taken)} exist(s): pass overwrite=True or choose another folder")
+        paths = _output_files(stack, folder, {f: f"{f}{_SUFFIX[f]}" for f in formats}, overwrite)
         stack.enter_context(model_mode(model, False))
         with torch.no_grad():
             reference = model(example)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .models import count_parameters
+from .pretrained import model_zoo
 from .utils import model_mode, progress_bar
 
 __all__ = ["count_gflops", "format_table", "latency_table", "measure_latency"]
@@ -112,18 +113,6 @@ def format_table(rows: Iterable[Mapping[str, Any]], columns: Iterable[str] | Non
     return "\n".join("  ".join(line).rstrip() for line in padded)
 
 
-def _torchvision_meta(name: str) -> dict[str, float]:
-    """ImageNet acc@1 (%) and GFLOPS of torchvision's DEFAULT weights for ``name`` (NaN if none)."""
-    from torchvision import models as tvm
-
-    try:
-        meta = tvm.get_model_weights(name).DEFAULT.meta
-    except (ValueError, KeyError, AttributeError):
-        return {"meta_gflops": math.nan, "acc1": math.nan}
-    metrics = next(iter(meta.get("_metrics", {}).values()), {})
-    return {"meta_gflops": float(meta.get("_ops", math.nan)), "acc1": float(metrics.get("acc@1", math.nan))}
-
-
 def count_gflops(model: nn.Module, example: torch.Tensor) -> float:
     """Multiply-adds of one forward pass, in billions (``torch.utils.flop_counter.FlopCounterMode``
     counts 2 FLOPs per multiply-add; this halves it to match torchvision's ``meta["_ops"]``)."""
@@ -159,7 +148,7 @@ def latency_table(models: Mapping[str, nn.Module | str], input_size: tuple[int, 
     """
     from torchvision import models as tvm
 
-    rows = []
+    rows, zoo = [], None
     x = torch.rand(1, *input_size)
     for name, model in progress_bar(list(models.items()), desc="latency", enabled=progress, unit="model"):
         meta = {"meta_gflops": math.nan, "acc1": math.nan}
@@ -167,7 +156,8 @@ def latency_table(models: Mapping[str, nn.Module | str], input_size: tuple[int, 
             if model not in tvm.list_models(module=tvm):
                 raise ValueError(f"{model!r} is not a torchvision classification model; choose one of "
                                  "torchvision.models.list_models(module=torchvision.models)")
-            meta = _torchvision_meta(model)
+            zoo = zoo or {r["model"]: r for r in model_zoo()}  # the weights' meta, read once
+            meta = {"meta_gflops": float(zoo[model]["gflops"]), "acc1": float(zoo[model]["acc1"])}
             model = tvm.get_model(model, weights=None)
         timing = measure_latency(model, x, warmup=warmup, runs=runs)
         rows.append({"model": name, "params_m": count_parameters(model) / 1e6, "gflops": count_gflops(model, x),

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .deployment import _deprecations, _one_line, _quiet, export_onnx, onnx_session, run_onnx
+from .deployment import _deprecations, _one_line, _output_files, _quiet, export_onnx, onnx_session, run_onnx
+from .images import to_float_images
 from .latency import measure_latency
 from .metrics import accuracy
 from .utils import model_mode, progress_bar, write_atomically
@@ -50,7 +51,7 @@ def _as_float(images: torch.Tensor) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         raise ValueError(f"images must be a tensor (N, C, H, W), got {getattr(images, 'shape', type(images).__name__)}:"
                          " e.g. cvlab.datasets.fashion_mnist_tensors('test')[0]")
-    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    return to_float_images(images) if images.dtype == torch.uint8 else images.float()
 
 
 def quantize_dynamic_torch(model: nn.Module) -> nn.Module:
@@ -220,12 +221,8 @@ def quantization_report(model: nn.Module, calibration: torch.Tensor, images: tor
     if len(x) != len(y):
         raise ValueError(f"{len(x)} images but {len(y)} labels: they must match one to one")
     with contextlib.ExitStack() as stack:
-        root = Path(folder) if folder is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        files = {"onnx_float32": root / "model.onnx", "onnx_int8_dynamic": root / "model_int8_dynamic.onnx",
-                 "onnx_int8_static": root / "model_int8_static.onnx"}
-        taken = [str(p) for p in files.values() if p.exists()]
-        if taken and not overwrite:
-            raise FileExistsError(f"{', '.join(taken)} exist(s): pass overwrite=True or choose another folder")
+        files = _output_files(stack, folder, {"onnx_float32": "model.onnx", "onnx_int8_dynamic": "model_int8_dynamic.onnx",
+                                              "onnx_int8_static": "model_int8_static.onnx"}, overwrite)
         stack.enter_context(model_mode(model, False))
         float_onnx, exported, rows = files["onnx_float32"], False, []
         for method in progress_bar(methods, desc="quantize", enabled=progress, unit="method"):
