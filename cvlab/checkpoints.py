@@ -170,7 +170,13 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
         raise CheckpointError(f"{path} was not written by cvlab.checkpoints.save_checkpoint (no 'arch' "
                               "and 'state_dict' entries); for a bare state_dict use "
                               "model.load_state_dict(torch.load(path, weights_only=True))")
-    expected = arch or (type(model).__name__ if model is not None else None)
+    _check_and_load(ckpt, model, path, arch or (type(model).__name__ if model is not None else None))
+    return ckpt
+
+
+def _check_and_load(ckpt: dict, model: torch.nn.Module | None, path: Any, expected: str | None) -> None:
+    """``load_checkpoint``'s checks of a read checkpoint against the ``expected`` architecture and ``model``'s
+    keys and shapes, then ``model.load_state_dict``; raises CheckpointError naming ``path``."""
     if expected is not None and ckpt["arch"] != expected:
         raise CheckpointError(f"{path} holds a {ckpt['arch']!r} model, but a {expected!r} was "
                               f"expected: build a {ckpt['arch']} (cvlab.models.load_model(path) "
@@ -189,8 +195,6 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
                                   f"with model_kwargs={ckpt.get('model_kwargs')}: build the model "
                                   "with those arguments, or use cvlab.models.load_model(path)")
         model.load_state_dict(ckpt["state_dict"])
-    return ckpt
-
 
 
 def _loader_generators(loader: Any) -> list[torch.Generator]:

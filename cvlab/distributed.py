@@ -33,7 +33,7 @@ from torch import nn
 
 from .utils import DEFAULT_SEED, get_device
 
-__all__ = ["DEFAULT_TIMEOUT", "ENV_VARS", "add_distributed_options", "broadcast_object", "cleanup", "describe",
+__all__ = ["DEFAULT_TIMEOUT", "ENV_VARS", "add_distributed_options", "broadcast_object", "cleanup",
            "eval_indices", "init_distributed", "is_distributed", "is_main_process", "rank", "reduce_sums",
            "sync_buffers", "torchrun_env", "train_sampler", "unwrap", "world_size", "wrap_model"]
 
@@ -91,11 +91,6 @@ def world_size() -> int:
 def is_main_process() -> bool:
     """Whether this is rank 0, the process that writes files and prints (True without a process group)."""
     return rank() == 0
-
-
-def describe() -> str:
-    """"rank R of N", for messages."""
-    return f"rank {rank()} of {world_size()}"
 
 
 def _device_for(device: str | None, local_rank: int, world: int) -> torch.device:

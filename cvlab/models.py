@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError, load_checkpoint
+from .checkpoints import CheckpointError, _check_and_load, load_checkpoint
 
 __all__ = ["MODELS", "TORCHVISION_MODELS", "CompactCNN", "LinearModel", "MLP", "TinyVGG", "build_model", "count_parameters", "find_layer",
            "load_model"]
@@ -281,7 +281,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                               f"build ({sorted(MODELS) + list(TORCHVISION_MODELS)}); build it yourself and call "
                               "cvlab.checkpoints.load_checkpoint(path, model)")
     model = build_model(ckpt["arch"], **ckpt.get("model_kwargs", {}))
-    load_checkpoint(path, model, arch=ckpt["arch"], map_location=map_location)
+    _check_and_load(ckpt, model, path, ckpt["arch"])  # the checkpoint read above, not a second read
     return model.eval(), ckpt
 
 

@@ -60,9 +60,9 @@ def train_command(args) -> int:
     try:
         with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
             return _run(args, env[1])
-    except Exception as exc:  # _BadArgument included: every rank finds it, rank 0 says it (main)
-        if isinstance(exc, _BadArgument):
-            raise
+    except _BadArgument:  # every rank finds it, rank 0 says it (main)
+        raise
+    except Exception as exc:
         traceback.print_exc()
         reason = f"{type(exc).__name__}: {exc}"
         if any(words in reason.lower() for words in LOST_RANK):
@@ -196,7 +196,6 @@ def _place(args, model, device, schedule):
     staged = schedule is not None and schedule.unfreeze_at is not None
     if schedule is not None and not staged:
         schedule(1)
-    model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     model = distributed.wrap_model(model, device, find_unused_parameters=staged)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .distributed import is_distributed, is_main_process, reduce_sums, sync_buffers, unwrap
+from .distributed import is_main_process, reduce_sums, sync_buffers, unwrap
 from .history import EarlyStopping, History, TrainingInterrupted, epoch_or_diverged
 from .resume import resume, save_epoch, save_failed
 from .schedules import Scheduler, SchedulerFactory, make_scheduler, step_epoch_scheduler
@@ -96,8 +96,6 @@ def _train_batches(model: nn.Module, loader: Iterable, loss_fn: Callable, optimi
         correct += (logits.argmax(dim=1) == y).sum().item()
         seen += len(y)
         bar.update(1)
-    if seen == 0:
-        raise ValueError("the training loader yielded no batches")
     return total_loss, correct, seen
 
 
@@ -190,10 +188,9 @@ def _evaluation_sums(model: nn.Module, loader: Iterable, loss_fn: Callable, devi
 
 def _evaluate_everywhere(model: nn.Module, loader: Iterable, loss_fn: Callable, device: torch.device,
                          amp_dtype: torch.dtype | None) -> tuple[float, float]:
-    """``evaluate`` on one process; on several, each rank evaluates its share of ``loader`` with rank 0's
-    buffers (``sync_buffers``: the model rank 0 saves), and the sums are reduced over the ranks."""
-    if not is_distributed():
-        return evaluate(model, loader, loss_fn, device, amp_dtype=amp_dtype)
+    """``evaluate``'s numbers; on several processes each rank evaluates its share of ``loader`` with rank 0's
+    buffers (``sync_buffers``: the model rank 0 saves), and the sums are reduced over the ranks (on one
+    process both steps do nothing)."""
     sync_buffers(model)
     module = unwrap(model)
     with model_mode(module, False):
@@ -355,7 +352,8 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
     scheduler = make_scheduler(scheduler, optimizer, needed)
     per_batch = per_batch and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     info, ckpt_dir = dict(checkpoint_info or {}), Path(checkpoint_dir) if checkpoint_dir is not None else None
-    writes, main = ckpt_dir if is_main_process() else None, is_main_process()
+    main = is_main_process()
+    writes = ckpt_dir if main else None
     history, start = History(), 1
     if resume_from is not None:
         history, start, scheduler = resume(resume_from, unwrap(model), optimizer, scheduler, factory, needed, epochs,
